@@ -1,0 +1,151 @@
+"""Categories, annotations with their event log, image sources and labelling candidates."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+
+from viva.models import Face, Image
+
+
+class Category(models.Model):
+    """A concept or a person: one model so grid, review and training serve both kinds."""
+
+    class Kind(models.TextChoices):
+        CONCEPT = "concept", "Concept"
+        PERSON = "person", "Person"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.CONCEPT)
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["kind", Lower("name")]
+        constraints = [
+            models.UniqueConstraint(Lower("name"), "kind", name="category_unique_name"),
+        ]
+        verbose_name_plural = "categories"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Label(models.IntegerChoices):
+    POSITIVE = 1, "positive"
+    NEGATIVE = -1, "negative"
+    NEUTRAL = 0, "neutral"
+
+
+class Source(models.TextChoices):
+    GRID = "grid", "Label grid"
+    CRAWLER = "crawler", "Web search"
+    SIMILARITY = "similarity", "Similarity search"
+    UPLOAD = "upload", "Upload / URL"
+    IMPORT = "import", "Sequence import"
+    REVIEW = "review", "Review"
+    FEEDBACK = "feedback", "Retrieval feedback"
+    CLUSTER = "cluster", "Face cluster"
+    API = "api", "API"
+    DELETE = "delete", "Category deleted"
+
+
+class Annotation(models.Model):
+    """The current label of one image (or face) for one category."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="annotations")
+    face = models.ForeignKey(
+        Face, null=True, blank=True, on_delete=models.CASCADE, related_name="annotations"
+    )
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="annotations")
+    value = models.SmallIntegerField(choices=Label.choices)
+    source = models.CharField(max_length=20, choices=Source.choices, default=Source.GRID)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["category", "image"],
+                condition=models.Q(face__isnull=True),
+                name="annotation_unique_image",
+            ),
+            models.UniqueConstraint(
+                fields=["category", "face"],
+                condition=models.Q(face__isnull=False),
+                name="annotation_unique_face",
+            ),
+        ]
+        indexes = [
+            # Review pages: newest first per (category, value).
+            models.Index(fields=["category", "value", "-updated_at"], name="annotation_review"),
+            models.Index(fields=["image", "category"], name="annotation_image"),
+        ]
+
+
+class AnnotationEvent(models.Model):
+    """Append-only history: every change of every label, who made it, and from where.
+
+    Ids are kept as plain integers (not cascading keys) so the history survives deleted
+    categories and images: labels are never lost silently.
+    """
+
+    image_id = models.BigIntegerField(db_index=True)
+    face_id = models.BigIntegerField(null=True, blank=True)
+    category_id = models.BigIntegerField(db_index=True)
+    category_name = models.CharField(max_length=200)
+    old_value = models.SmallIntegerField(null=True, blank=True, choices=Label.choices)
+    new_value = models.SmallIntegerField(null=True, blank=True, choices=Label.choices)
+    source = models.CharField(max_length=20, choices=Source.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+
+class ImageOrigin(models.Model):
+    """Where an acquired image came from; one image may have several origins (sha256 dedup)."""
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="origins")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    url = models.URLField(max_length=2000, blank=True)
+    search_term = models.CharField(max_length=300, blank=True)
+    engine = models.CharField(max_length=50, blank=True)
+    category = models.ForeignKey(Category, null=True, blank=True, on_delete=models.SET_NULL)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class Candidate(models.Model):
+    """An image proposed for labelling for a category (by upload, similarity search,
+    sequence import …); the label grid shows a category's candidates."""
+
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="candidates")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+")
+    source = models.CharField(max_length=20, choices=Source.choices)
+    score = models.FloatField(null=True, blank=True, help_text="Distance or score, if any.")
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    added_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["category", "image"], name="candidate_unique")
+        ]
+        indexes = [models.Index(fields=["category", "-added_at"], name="candidate_recent")]

@@ -1,0 +1,83 @@
+"""Root URL configuration: core pages, each app's pages, the API, media in debug."""
+
+from django.conf import settings
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path, re_path
+from django.views import View
+from django.views.static import serve
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from . import api
+from .roles import Role, RoleRequiredMixin
+from .views import archive, jobs, users
+
+router = DefaultRouter()
+router.register("collections", api.CollectionViewSet)
+router.register("videos", api.VideoViewSet)
+router.register("jobs", api.JobViewSet)
+
+
+class SchemaView(RoleRequiredMixin, SpectacularAPIView):
+    min_role = Role.RESEARCHER
+
+
+class DocsView(RoleRequiredMixin, SpectacularSwaggerView):
+    min_role = Role.RESEARCHER
+
+
+class MediaView(RoleRequiredMixin, View):
+    """Media in the embedded setup, behind login like every other page."""
+
+    min_role = Role.RESEARCHER
+
+    def get(self, request, path: str):
+        return serve(request, path, document_root=settings.MEDIA_ROOT)
+
+
+archive_patterns = (
+    [
+        path("", archive.CollectionListView.as_view(), name="collections"),
+        path("collections/<int:pk>/", archive.CollectionDetailView.as_view(), name="collection"),
+        path("videos/<int:pk>/", archive.VideoDetailView.as_view(), name="video"),
+        path("import/", archive.UploadView.as_view(), name="upload"),
+    ],
+    "archive",
+)
+job_patterns = (
+    [
+        path("", jobs.JobListView.as_view(), name="list"),
+        path("status/", jobs.JobStatusListView.as_view(), name="status_list"),
+        path("<int:pk>/", jobs.JobDetailView.as_view(), name="detail"),
+        path("<int:pk>/status/", jobs.JobStatusView.as_view(), name="status"),
+        path("<int:pk>/cancel/", jobs.JobActionView.as_view(action="cancel"), name="cancel"),
+        path("<int:pk>/resume/", jobs.JobActionView.as_view(action="resume"), name="resume"),
+    ],
+    "jobs",
+)
+user_patterns = (
+    [
+        path("", users.UserListView.as_view(), name="list"),
+        path("new/", users.UserCreateView.as_view(), name="create"),
+        path("<int:pk>/", users.UserEditView.as_view(), name="edit"),
+    ],
+    "users",
+)
+
+urlpatterns = [
+    path("", archive.HomeView.as_view(), name="home"),
+    path("archive/", include(archive_patterns)),
+    path("jobs/", include(job_patterns)),
+    path("users/", include(user_patterns)),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("django-admin/", admin.site.urls),
+    path("api/v1/", include(router.urls)),
+    path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),
+    path("api/v1/docs/", DocsView.as_view(url_name="api-schema"), name="api-docs"),
+]
+
+if settings.VIVA_SERVE_MEDIA:
+    # Embedded default; production serves media with nginx (docker/nginx.conf).
+    urlpatterns.append(re_path(r"^media/(?P<path>.+)$", MediaView.as_view(), name="media"))
