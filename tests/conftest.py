@@ -16,6 +16,8 @@ from django.contrib.auth import get_user_model
 from viva.models import Profile
 from viva.models.users import Role
 
+pytest_plugins = ["tests.fixtures_browser"]
+
 ROLES = {
     "researcher": Role.RESEARCHER,
     "annotator": Role.ANNOTATOR,

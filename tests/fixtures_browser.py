@@ -1,0 +1,1 @@
+"""Browser fixtures (Playwright driving Debian's Chromium) — filled in by the browser tests."""
