@@ -105,7 +105,8 @@ class CrawlerError(Exception):
     """A search failed; ``message`` is meant for archivists.
 
     ``code`` is one of ``offline``, ``timeout``, ``http``, ``parse``,
-    ``blocked``, ``filter``, ``unknown_source``, ``invalid``, ``error``.
+    ``no_results``, ``blocked``, ``filter``, ``unknown_source``, ``invalid``,
+    ``error``.
     """
 
     def __init__(self, message: str, *, code: str = "error") -> None:
@@ -162,9 +163,7 @@ class ImageSource(Protocol):
 # --------------------------------------------------------------------------
 
 
-def _fetch_error_to_crawler_error(
-    exc: FetchError, label: str, url: str
-) -> CrawlerError:
+def _fetch_error_to_crawler_error(exc: FetchError, label: str, url: str) -> CrawlerError:
     """Explain a failed page fetch in terms of the search engine."""
     host = urlsplit(url).hostname or url
     if exc.code == "dns":
@@ -342,7 +341,8 @@ class _HttpImageSource:
     ) -> list[CrawlResult]:
         """Collect up to ``limit`` result URLs for ``term``.
 
-        Raises :class:`CrawlerError` if the first page fails. If a later page
+        Raises :class:`CrawlerError` if the first page fails or nothing usable
+        was found (code ``no_results``). If a later page
         fails or the time budget runs out, the results so far are returned
         (and the problem is logged), because they are still useful.
         """
@@ -361,9 +361,7 @@ class _HttpImageSource:
             if offset is None or len(results) >= limit:
                 break
             if time.monotonic() >= deadline:
-                logger.warning(
-                    "%s: time budget used up after %d results", self.name, len(results)
-                )
+                logger.warning("%s: time budget used up after %d results", self.name, len(results))
                 break
             try:
                 page, next_offset = self._page(
@@ -372,9 +370,7 @@ class _HttpImageSource:
             except CrawlerError as exc:
                 if not results:
                     raise
-                logger.warning(
-                    "%s: stopped after %d results: %s", self.name, len(results), exc
-                )
+                logger.warning("%s: stopped after %d results: %s", self.name, len(results), exc)
                 break
             fresh = 0  # results not seen on earlier pages
             for result in page:
@@ -394,7 +390,19 @@ class _HttpImageSource:
             if fresh == 0 or next_offset is None or next_offset <= offset:
                 break
             offset = next_offset
+        if not results:
+            # Say so instead of returning nothing: an engine that changed its
+            # page looks exactly like one that found nothing.
+            raise CrawlerError(self._no_results_message(term), code="no_results")
         return results[:limit]
+
+    def _no_results_message(self, term: str) -> str:
+        return (
+            f"{self.label} found no usable images for \u201c{term}\u201d (images smaller "
+            "than the minimum size are left out). Try other words or another "
+            f"source. If {self.label} finds nothing for every search, it may have "
+            "changed its pages and VIVA needs an update."
+        )
 
 
 # --------------------------------------------------------------------------
@@ -426,11 +434,7 @@ def parse_bing_page(content: bytes | str, source: str = "bing") -> list[CrawlRes
             continue
         width = height = None
         container = anchor.find_parent(class_="imgpt") or anchor.parent
-        caption = (
-            container.select_one(".img_info .nowrap, .img_info span")
-            if container
-            else None
-        )
+        caption = container.select_one(".img_info .nowrap, .img_info span") if container else None
         if caption is not None:
             match = _SIZE_RE.search(caption.get_text(" ", strip=True))
             if match:
@@ -499,8 +503,7 @@ class BingSource(_HttpImageSource):
             page = parse_bing_page(fetched.content, self.name)
         except Exception as exc:
             raise CrawlerError(
-                "Bing's result page could not be read (Bing may have changed its "
-                "page layout).",
+                "Bing's result page could not be read (Bing may have changed its page layout).",
                 code="parse",
             ) from exc
         return page, (offset + len(page)) if page else None
@@ -510,9 +513,7 @@ class BingSource(_HttpImageSource):
 # Google
 # --------------------------------------------------------------------------
 
-_GOOGLE_HOST_RE = re.compile(
-    r"(^|\.)(google|gstatic|googleusercontent|ggpht)\.", re.IGNORECASE
-)
+_GOOGLE_HOST_RE = re.compile(r"(^|\.)(google|gstatic|googleusercontent|ggpht)\.", re.IGNORECASE)
 
 
 class _Response:
@@ -630,9 +631,7 @@ def parse_mediawiki_json(
     pages: Any = (data.get("query") or {}).get("pages") or []
     if isinstance(pages, dict):
         pages = list(pages.values())
-    ranked = sorted(
-        (p for p in pages if isinstance(p, dict)), key=lambda p: p.get("index", 0)
-    )
+    ranked = sorted((p for p in pages if isinstance(p, dict)), key=lambda p: p.get("index", 0))
     results: list[CrawlResult] = []
     for page in ranked:
         infos = page.get("imageinfo") or []
@@ -707,8 +706,7 @@ class WikimediaCommonsSource(_HttpImageSource):
 
 #: Built-in sources, most reliable first (the order a form should offer them).
 SOURCES: dict[str, ImageSource] = {
-    source.name: source
-    for source in (BingSource(), WikimediaCommonsSource(), GoogleSource())
+    source.name: source for source in (BingSource(), WikimediaCommonsSource(), GoogleSource())
 }
 
 

@@ -31,12 +31,12 @@ server). It is read lazily, so the module works without Django settings.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import io
 import ipaddress
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping
@@ -65,6 +65,7 @@ __all__ = [
     "FetchError",
     "FetchedBytes",
     "FetchedImage",
+    "ResolvedURL",
     "check_url",
     "default_allow_hosts",
     "fetch_bytes",
@@ -90,13 +91,6 @@ _CHUNK = 64 * 1024
 # NAT64 well-known prefix: the last 32 bits are an IPv4 address.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
-# getaddrinfo() has no timeout of its own; resolving in a worker thread lets us
-# give up after ``timeout`` seconds instead of blocking a web request for as long
-# as the system resolver likes.
-_RESOLVER = concurrent.futures.ThreadPoolExecutor(
-    max_workers=8, thread_name_prefix="viva-dns"
-)
-
 
 class FetchError(Exception):
     """A URL could not be fetched; ``message`` is meant for archivists.
@@ -108,9 +102,7 @@ class FetchError(Exception):
     ``too_many_pixels``, ``too_small``, ``network``.
     """
 
-    def __init__(
-        self, message: str, *, code: str = "error", status: int | None = None
-    ) -> None:
+    def __init__(self, message: str, *, code: str = "error", status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
@@ -225,7 +217,7 @@ def is_forbidden_address(
 
 
 @dataclass(frozen=True)
-class _Target:
+class ResolvedURL:
     """A checked URL: where to connect and what to say to the server."""
 
     url: str
@@ -254,9 +246,7 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
         raise FetchError("This web address is not valid.", code="invalid_url") from exc
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        raise FetchError(
-            "The address must start with http:// or https://", code="scheme"
-        )
+        raise FetchError("The address must start with http:// or https://", code="scheme")
     if parts.username is not None or parts.password is not None:
         raise FetchError(
             "Addresses with a user name or password cannot be fetched.",
@@ -292,27 +282,46 @@ def _parse_url(url: str) -> tuple[str, str, int, str]:
 
 
 def _resolve(host: str, port: int, timeout: float) -> list[str]:
-    """Resolve ``host`` to IP strings, giving up after ``timeout`` seconds."""
-    future = _RESOLVER.submit(
-        socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP
-    )
+    """Resolve ``host`` to IP strings, giving up after ``timeout`` seconds.
+
+    :func:`socket.getaddrinfo` has no timeout of its own, so it runs in a
+    daemon thread and we stop waiting after ``timeout``; a stuck lookup then
+    cannot hold a web request or a job. A plain thread (not a pool) stays
+    correct in forked workers (Celery prefork, gunicorn).
+    """
     try:
-        infos = future.result(timeout=max(timeout, 0.01))
-    except concurrent.futures.TimeoutError as exc:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            box["infos"] = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=lookup, name=f"viva-dns-{host}", daemon=True).start()
+    if not done.wait(max(timeout, 0.01)):
         raise FetchError(
             f"The name {host} could not be looked up within {timeout:g} seconds.",
             code="dns",
-        ) from exc
-    except (socket.gaierror, UnicodeError) as exc:
+        )
+    error = box.get("error")
+    if isinstance(error, (socket.gaierror, UnicodeError)):
         raise FetchError(
             f"The name {host} could not be found. Check the address, or whether "
             "this machine is connected to the internet.",
             code="dns",
-        ) from exc
-    except OSError as exc:
+        ) from error
+    if error is not None:
         raise FetchError(
-            f"The name {host} could not be looked up ({exc}).", code="dns"
-        ) from exc
+            f"The name {host} could not be looked up ({error}).", code="dns"
+        ) from error
+    infos = box["infos"]
     addresses: list[str] = []
     for _family, _type, _proto, _canon, sockaddr in infos:
         address = str(sockaddr[0]).split("%", 1)[0]
@@ -328,7 +337,7 @@ def check_url(
     *,
     allow_private: Collection[str] | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-) -> _Target:
+) -> ResolvedURL:
     """Validate ``url`` and resolve its host; raise :class:`FetchError` if unsafe.
 
     Exposed for forms that want to reject a bad address early; the fetch
@@ -350,7 +359,7 @@ def check_url(
                 "This address points to a private network and cannot be fetched.",
                 code="private",
             )
-    return _Target(url, scheme, host, port, path, tuple(addresses))
+    return ResolvedURL(url, scheme, host, port, path, tuple(addresses))
 
 
 # --------------------------------------------------------------------------
@@ -358,7 +367,7 @@ def check_url(
 # --------------------------------------------------------------------------
 
 
-def _pool_for(target: _Target, address: str, timeout: urllib3.Timeout) -> Any:
+def _pool_for(target: ResolvedURL, address: str, timeout: urllib3.Timeout) -> Any:
     """A one-connection pool that connects to ``address`` (the checked IP).
 
     For HTTPS the certificate is still checked against the host *name* and the
@@ -399,7 +408,7 @@ class _Deadline:
 
 
 def _open(
-    target: _Target,
+    target: ResolvedURL,
     headers: Mapping[str, str],
     timeout: float,
     deadline: _Deadline,
@@ -409,9 +418,7 @@ def _open(
     for address in target.addresses:
         deadline.check()
         per_call = max(min(timeout, deadline.remaining()), 0.01)
-        pool = _pool_for(
-            target, address, urllib3.Timeout(connect=per_call, read=per_call)
-        )
+        pool = _pool_for(target, address, urllib3.Timeout(connect=per_call, read=per_call))
         try:
             response = pool.urlopen(
                 "GET",
@@ -451,17 +458,13 @@ def _open(
             ) from exc
         except (ProtocolError, urllib3.exceptions.HTTPError, OSError) as exc:
             pool.close()
-            raise FetchError(
-                f"The connection to {target.host} failed.", code="network"
-            ) from exc
+            raise FetchError(f"The connection to {target.host} failed.", code="network") from exc
         return pool, response
     assert last_error is not None
     raise last_error
 
 
-def _read_body(
-    response: Any, max_bytes: int, timeout: float, deadline: _Deadline
-) -> bytes:
+def _read_body(response: Any, max_bytes: int, timeout: float, deadline: _Deadline) -> bytes:
     length = response.headers.get("Content-Length")
     if length is not None:
         try:
@@ -565,9 +568,7 @@ def fetch_bytes(
             response.release_conn()
             response.close()
             pool.close()
-    raise FetchError(
-        f"The address redirected more than {MAX_REDIRECTS} times.", code="redirect"
-    )
+    raise FetchError(f"The address redirected more than {MAX_REDIRECTS} times.", code="redirect")
 
 
 # --------------------------------------------------------------------------

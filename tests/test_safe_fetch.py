@@ -67,10 +67,7 @@ def make_png_bomb(width: int, height: int) -> bytes:
     data = b"".join(compressor.compress(row) for _ in range(height))
     data += compressor.flush()
     return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", data)
-        + chunk(b"IEND", b"")
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
     )
 
 
@@ -140,9 +137,7 @@ def _static(body: bytes, content_type: str) -> Route:
 
 
 def _redirect(location: str) -> Route:
-    return lambda _h, base: Served(
-        status=302, headers={"Location": location.format(base=base)}
-    )
+    return lambda _h, base: Served(status=302, headers={"Location": location.format(base=base)})
 
 
 def _slow(handler: BaseHTTPRequestHandler, _base: str) -> Served:
@@ -355,9 +350,7 @@ def test_loopback_refused_when_not_allowed(base: str, connections: list[str]) ->
         "https://169.254.169.254/",
     ],
 )
-def test_private_addresses_refused_before_connecting(
-    url: str, connections: list[str]
-) -> None:
+def test_private_addresses_refused_before_connecting(url: str, connections: list[str]) -> None:
     with pytest.raises(FetchError) as exc:
         fetch_bytes(url)
     assert_refused(exc, "private")
@@ -417,9 +410,7 @@ def test_connects_to_the_checked_address(
     virtual hosting, and as TLS uses for SNI)."""
     port = urlsplit(base).port
     fake_dns["images.example.test"] = ["127.0.0.1"]
-    image = fetch_image(
-        f"http://images.example.test:{port}/image.png", allow_private=LOCAL
-    )
+    image = fetch_image(f"http://images.example.test:{port}/image.png", allow_private=LOCAL)
     assert image.width == 300
     assert connections == ["127.0.0.1"]
     assert ("/image.png", f"images.example.test:{port}") in server.seen
@@ -641,9 +632,15 @@ def test_verify_image_ok() -> None:
 # --------------------------------------------------------------------------
 
 
+@dataclass
+class HttpsServer:
+    port: int
+    cert: Path
+
+
 @pytest.fixture
-def https_base(tmp_path: Path) -> Iterator[str]:
-    """An HTTPS server with a self-signed certificate for 127.0.0.1."""
+def https_server(tmp_path: Path) -> Iterator[HttpsServer]:
+    """An HTTPS server with a self-signed certificate for images.example.test."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is needed to make a test certificate")
@@ -659,9 +656,11 @@ def https_base(tmp_path: Path) -> Iterator[str]:
             "-days",
             "1",
             "-subj",
-            "/CN=127.0.0.1",
+            "/CN=images.example.test",
             "-addext",
-            "subjectAltName=IP:127.0.0.1",
+            "subjectAltName=DNS:images.example.test",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
             "-keyout",
             str(key),
             "-out",
@@ -678,20 +677,53 @@ def https_base(tmp_path: Path) -> Iterator[str]:
     httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f"https://127.0.0.1:{httpd.server_address[1]}"
+    yield HttpsServer(httpd.server_address[1], cert)
     httpd.shutdown()
     httpd.server_close()
 
 
-def test_tls_certificates_are_verified(https_base: str) -> None:
+def test_tls_certificates_are_verified(
+    https_server: HttpsServer, fake_dns: dict[str, list[str]]
+) -> None:
+    """A certificate no trusted authority signed is refused."""
+    fake_dns["images.example.test"] = ["127.0.0.1"]
     with pytest.raises(FetchError) as exc:
-        fetch_image(f"{https_base}/image.png", allow_private=LOCAL, timeout=5)
+        fetch_image(
+            f"https://images.example.test:{https_server.port}/image.png",
+            allow_private=LOCAL,
+            timeout=5,
+        )
     assert_refused(exc, "tls")
 
 
-def test_allow_list_from_django_setting(
-    base: str, monkeypatch: pytest.MonkeyPatch
+def test_tls_checks_the_name_while_connecting_to_the_checked_address(
+    https_server: HttpsServer,
+    fake_dns: dict[str, list[str]],
+    connections: list[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Pinning the IP keeps SNI and the certificate check on the host name."""
+    monkeypatch.setattr(safe_fetch.certifi, "where", lambda: str(https_server.cert))
+    fake_dns["images.example.test"] = ["127.0.0.1"]
+    fake_dns["other.example.test"] = ["127.0.0.1"]
+    image = fetch_image(
+        f"https://images.example.test:{https_server.port}/image.png",
+        allow_private=LOCAL,
+        timeout=5,
+    )
+    assert image.sha256 == hashlib.sha256(PNG).hexdigest()
+    assert connections == ["127.0.0.1"]
+    # Same server and address, but a name the certificate does not cover.
+    with pytest.raises(FetchError) as exc:
+        fetch_image(
+            f"https://other.example.test:{https_server.port}/image.png",
+            allow_private=LOCAL,
+            timeout=5,
+        )
+    assert_refused(exc, "tls")
+
+
+def test_allow_list_from_django_setting(base: str, monkeypatch: pytest.MonkeyPatch) -> None:
     settings = SimpleNamespace(VIVA_FETCH_ALLOW_HOSTS=["127.0.0.1"])
     monkeypatch.setattr(safe_fetch, "_django_settings", lambda: settings)
     assert safe_fetch.default_allow_hosts() == frozenset({"127.0.0.1"})

@@ -49,6 +49,7 @@ job_patterns = (
     [
         path("", jobs.JobListView.as_view(), name="list"),
         path("status/", jobs.JobStatusListView.as_view(), name="status_list"),
+        path("worker-check/", jobs.WorkerCheckView.as_view(), name="worker_check"),
         path("<int:pk>/", jobs.JobDetailView.as_view(), name="detail"),
         path("<int:pk>/status/", jobs.JobStatusView.as_view(), name="status"),
         path("<int:pk>/cancel/", jobs.JobActionView.as_view(action="cancel"), name="cancel"),

@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.views import View
 from django.views.generic import TemplateView
 
-from ..jobs import cancel_job, reap_stale_jobs, resume_job
+from ..jobs import cancel_job, reap_stale_jobs, resume_job, start_job
 from ..models import Job
 from ..roles import Role, RoleRequiredMixin, role_of
 
@@ -97,4 +97,15 @@ class JobActionView(RoleRequiredMixin, View):
         job = cancel_job(job) if self.action == "cancel" else resume_job(job)
         if request.headers.get("accept", "").startswith("application/json"):
             return JsonResponse(job_state(job))
+        return redirect("jobs:detail", pk=job.pk)
+
+
+class WorkerCheckView(RoleRequiredMixin, View):
+    """Start a short job that proves a worker is running (useful right after set-up)."""
+
+    min_role = Role.TRAINER
+
+    def post(self, request):
+        job = start_job("worker_check", {"steps": 20, "delay": 0.25}, user=request.user,
+                        title="Worker check")
         return redirect("jobs:detail", pk=job.pk)

@@ -119,6 +119,8 @@
           const resume = root.querySelector('[data-action=resume]');
           if (cancel) cancel.hidden = !s.active;
           if (resume) resume.hidden = !(s.status === 'failed' || s.status === 'cancelled');
+          const hint = root.querySelector('[data-field=queued-hint]');
+          if (hint) hint.hidden = !(s.status === 'queued' && Date.now() - Date.parse(s.created_at) > 10000);
           drawCharts(s.metrics);
           renderResult(s.result);
           if (s.active) setTimeout(tick, 1000);
