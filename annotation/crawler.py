@@ -342,9 +342,9 @@ class _HttpImageSource:
         """Collect up to ``limit`` result URLs for ``term``.
 
         Raises :class:`CrawlerError` if the first page fails or nothing usable
-        was found (code ``no_results``). If a later page
-        fails or the time budget runs out, the results so far are returned
-        (and the problem is logged), because they are still useful.
+        was found (code ``no_results``). If a later page fails or the time
+        budget runs out, the results so far are returned (and the problem is
+        logged), because they are still useful.
         """
         term = term.strip()
         if not term:

@@ -39,6 +39,8 @@ def _clean_var():
 
 
 def make_user(username: str, role: int, **extra):
+    from viva.models import Profile
+
     user = get_user_model().objects.create_user(username=username, password=PASSWORD, **extra)
     Profile.objects.update_or_create(user=user, defaults={"role": role})
     return user

@@ -370,35 +370,51 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True)]
 
 
-def _find_dissolves(s: _Series, cuts: list[int], min_gap: float, max_resid: float) -> list[int]:
-    """Centres of dissolves: windows whose middle frame is the average of their ends (see module doc)."""
+def _find_dissolves(
+    s: _Series, cuts: list[int], min_gap: float, max_resid: float, peak_ratio: float
+) -> list[int]:
+    """Centres of dissolves: windows whose middle frame is the average of their ends (see module doc).
+
+    Smooth camera motion over smooth pictures can pass the linearity test as well, but it goes on:
+    the picture keeps changing before and after. A transition is short, so the change across its
+    window must clearly exceed the change across the windows just before and after it.
+    """
     n = len(s.d1)
     ok = (s.mid_gap >= min_gap) & (s.mid_resid <= max_resid * s.mid_gap)
-    ok[: _K] = False
+    ok[:_K] = False
     ok[max(0, n - _K) :] = False
     out: list[int] = []
     cut_arr = np.asarray(cuts, dtype=np.int64)
     for a, b in _runs(ok):
         if b - a + 1 < 3:
             continue  # a real dissolve passes the test over several consecutive windows
-        centre = (a + b + 1) // 2
+        centre = int(a + np.argmax(s.mid_gap[a : b + 1] - 2 * s.mid_resid[a : b + 1]))
         if cut_arr.size and np.min(np.abs(cut_arr - centre)) <= 2 * _K:
             continue  # the change across the window is a cut, not a gradual transition
+        sides = [s.mid_gap[c] for c in (centre - 2 * _K, centre + 2 * _K) if _K <= c < n - _K]
+        if sides and s.mid_gap[centre] < peak_ratio * max(sides):
+            continue
         out.append(centre)
     return out
 
 
-def _find_fades(s: _Series, cuts: list[int], flat: float, textured: float) -> list[int]:
-    """Middles of fades through a flat colour: a low-contrast run between two textured shots."""
+def _find_fades(s: _Series, flat: float, depth: float) -> list[int]:
+    """Middles of fades through a flat colour: a low-contrast dip between two shots with texture.
+
+    ``flat`` is the contrast (std of grey levels) below which a frame counts as flat; the shots on
+    both sides must reach ``depth`` times the dip's lowest contrast, so a dim, misty shot whose
+    contrast hovers around ``flat`` is not mistaken for a fade.
+    """
     n = len(s.contrast)
-    low = s.contrast < flat
     out: list[int] = []
-    for a, b in _runs(low):
+    for a, b in _runs(s.contrast < flat):
+        if a == 0 or b == n - 1:
+            continue  # fade-in at the start or fade-out at the end: no boundary
+        bottom = float(s.contrast[a : b + 1].min())
+        need = max(1.5 * flat, depth * bottom)
         before = s.contrast[max(0, a - 3 * _K) : a]
         after = s.contrast[b + 1 : b + 1 + 3 * _K]
-        if a == 0 or b == n - 1 or before.size == 0 or after.size == 0:
-            continue  # fade-in at the start or fade-out at the end: no boundary
-        if before.max() < textured or after.max() < textured:
+        if before.max() < need or after.max() < need:
             continue
         out.append((a + b + 1) // 2)
     return out
@@ -472,8 +488,10 @@ def detect_shots(
     cuts = _find_cuts(series, threshold=threshold, min_diff=min_diff, flash_ratio=0.4, window=6)
     boundaries = list(cuts)
     if gradual:
-        boundaries += _find_dissolves(series, cuts, min_gap=10.0, max_resid=0.25)
-        boundaries += _find_fades(series, cuts, flat=6.0, textured=20.0)
+        boundaries += _find_dissolves(
+            series, cuts, min_gap=10.0, max_resid=0.25, peak_ratio=2.0
+        )
+        boundaries += _find_fades(series, flat=6.0, depth=3.0)
     starts = [b for b in _merge(boundaries, set(cuts), min_shot_frames) if 0 < b < n]
     starts = [0, *starts]
     shots = [(a, b - 1) for a, b in zip(starts, [*starts[1:], n], strict=True)]
