@@ -14,11 +14,18 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from viva.jobs import JobError, cancel_job, job_handler, reap_stale_jobs, resume_job, run_job
-from viva.jobs import runner
+from viva.jobs import (
+    JobError,
+    cancel_job,
+    job_handler,
+    reap_stale_jobs,
+    resume_job,
+    run_job,
+    runner,
+)
 from viva.models import Job
 
-# --- handlers used by these tests ----------------------------------------------------------
+# --- handlers used by these tests ---
 CALLS: dict[str, int] = {}
 
 
@@ -94,7 +101,7 @@ def _no_enqueue():
         yield sent
 
 
-# --- JobContext ------------------------------------------------------------------------------
+# --- JobContext ---
 def test_context_persists_progress_metrics_and_log(db):
     job = make_job(status=Job.Status.RUNNING)
     ctx = runner.JobContext(job)
@@ -138,7 +145,7 @@ def test_log_keeps_only_the_tail(db):
     assert lines[-1].endswith(f"line {runner.LOG_TAIL_LINES + 49}")
 
 
-# --- run_job ---------------------------------------------------------------------------------
+# --- run_job ---
 def test_run_job_succeeds_with_result(db):
     CALLS.clear()
     job = make_job()
@@ -261,7 +268,7 @@ def test_heartbeat_thread_beats_during_a_silent_step(transactional_db, monkeypat
     assert result["after"] > result["before"]
 
 
-# --- reaping and resuming ----------------------------------------------------------------------
+# --- reaping and resuming ---
 def test_reap_marks_a_job_with_an_old_heartbeat_failed(db, settings):
     settings.VIVA_JOB_HEARTBEAT_TIMEOUT = 60
     dead = make_job(
@@ -306,8 +313,9 @@ def test_resumed_job_runs_again(db):
     assert job.attempts == 2 and job.result == {"answer": 42}
 
 
-def test_start_job_enqueues_on_commit_with_id_and_queue(db, _no_enqueue, users,
-                                                         django_capture_on_commit_callbacks):
+def test_start_job_enqueues_on_commit_with_id_and_queue(
+    db, _no_enqueue, users, django_capture_on_commit_callbacks
+):
     from viva.jobs import start_job
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
@@ -328,7 +336,7 @@ def test_start_job_of_unknown_kind_raises(db):
     assert not Job.objects.exists()
 
 
-# --- percent and ETA -------------------------------------------------------------------------------
+# --- percent and ETA ---
 def test_percent():
     assert Job(total=0, progress=5).percent is None
     assert Job(total=200, progress=50).percent == 25.0
@@ -337,13 +345,15 @@ def test_percent():
 
 def test_eta():
     now = timezone.now()
-    running = Job(status=Job.Status.RUNNING, started_at=now - timedelta(seconds=10),
-                  progress=25, total=100)
+    running = Job(
+        status=Job.Status.RUNNING, started_at=now - timedelta(seconds=10), progress=25, total=100
+    )
     assert running.eta_seconds == pytest.approx(30, abs=1)
     assert Job(status=Job.Status.RUNNING, started_at=now, progress=0, total=100).eta_seconds is None
     assert Job(status=Job.Status.RUNNING, started_at=now, progress=5, total=0).eta_seconds is None
-    assert Job(status=Job.Status.SUCCEEDED, started_at=now, progress=5,
-               total=10).eta_seconds is None
+    assert (
+        Job(status=Job.Status.SUCCEEDED, started_at=now, progress=5, total=10).eta_seconds is None
+    )
     assert Job(status=Job.Status.QUEUED, progress=5, total=10).eta_seconds is None
 
 
@@ -354,20 +364,29 @@ def test_duration():
     assert done.duration == timedelta(seconds=90)
 
 
-# --- pages and JSON endpoints -------------------------------------------------------------------------
+# --- pages and JSON endpoints ---
 @pytest.fixture
 def jobs(users):
     old = timezone.now() - timedelta(seconds=20)
     return {
         "running": make_job(
-            title="Import archive", status=Job.Status.RUNNING, progress=40, total=100,
-            progress_note="video 4 of 10", started_at=old, heartbeat_at=timezone.now(),
-            metrics={"loss": [[1, 0.5], [2, 0.25]]}, log_tail="12:00:00 hello",
+            title="Import archive",
+            status=Job.Status.RUNNING,
+            progress=40,
+            total=100,
+            progress_note="video 4 of 10",
+            started_at=old,
+            heartbeat_at=timezone.now(),
+            metrics={"loss": [[1, 0.5], [2, 0.25]]},
+            log_tail="12:00:00 hello",
             created_by=users["annotator"],
         ),
         "failed": make_job(
-            title="Train concepts", status=Job.Status.FAILED, error="Out of memory on cuda:0.",
-            created_by=users["trainer"], finished_at=timezone.now(),
+            title="Train concepts",
+            status=Job.Status.FAILED,
+            error="Out of memory on cuda:0.",
+            created_by=users["trainer"],
+            finished_at=timezone.now(),
         ),
     }
 
@@ -458,8 +477,9 @@ def test_researcher_may_not_control_jobs_at_all(client_for, users):
     assert Job.objects.get(pk=job.pk).status == Job.Status.RUNNING
 
 
-def test_trainer_resumes_any_failed_job(client_for, jobs, _no_enqueue,
-                                        django_capture_on_commit_callbacks):
+def test_trainer_resumes_any_failed_job(
+    client_for, jobs, _no_enqueue, django_capture_on_commit_callbacks
+):
     url = reverse("jobs:resume", args=[jobs["failed"].pk])
     with django_capture_on_commit_callbacks(execute=True):
         response = client_for("trainer").post(url, HTTP_ACCEPT="application/json")
@@ -482,8 +502,9 @@ def test_anonymous_is_sent_to_login(client, jobs):
     assert Job.objects.get(pk=jobs["running"].pk).status == Job.Status.RUNNING
 
 
-def test_worker_check_button_starts_a_job(client_for, _no_enqueue,
-                                          django_capture_on_commit_callbacks):
+def test_worker_check_button_starts_a_job(
+    client_for, _no_enqueue, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         response = client_for("trainer").post(reverse("jobs:worker_check"))
     job = Job.objects.get(kind="worker_check")

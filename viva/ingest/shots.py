@@ -14,7 +14,7 @@ Design, in one pass over the decoded video and without any deep model:
 * **Cuts** are isolated spikes of a motion-compensated frame difference (the best of 9 small shifts, so
   pans and zooms do not look like cuts), judged against the local activity around them — an adaptive
   threshold rather than a global one, in the spirit of the threshold-free detectors of section 6.2.1.
-  A spike whose frames after it return to the old picture is a flash, not a cut.
+  A spike after which the old picture comes back is a flash, not a cut.
 * **Gradual transitions**: a dissolve mixes two pictures linearly in time, so the frame in the middle of
   a window is the average of the window's ends; camera motion breaks that relation (an average of two
   shifted pictures is blurred, the real middle frame is sharp). This linearity test plays the role of
@@ -194,14 +194,14 @@ def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
 class _Thumbnailer:
     """Turns decoded frames into small uint8 Y/U/V thumbnails.
 
-    The planes are read straight from the decoder's buffers. Each is shrunk in two steps (bilinear to
-    twice the thumbnail size, then area averaging): a single area resize of a full-HD plane costs more
-    than decoding a small frame, and two steps still average enough pixels to suppress noise.
+    The planes are read straight from the decoder's buffers (no colour conversion), point-sampled on
+    a grid about twice as dense as the thumbnail, then area-averaged. A plain area resize of a whole
+    plane costs more than decoding a small frame; sampling keeps the cost per frame at a few
+    microseconds while each thumbnail pixel still averages several samples.
     """
 
     def __init__(self, width: int, height: int) -> None:
         self.size = (THUMB_WIDTH, max(8, round(THUMB_WIDTH * height / max(width, 1))))
-        self.mid = (2 * self.size[0], 2 * self.size[1])
 
     def planes(self, frame: av.VideoFrame) -> list[np.ndarray]:
         if frame.format.name not in _PLANAR_YUV:
@@ -210,9 +210,8 @@ class _Thumbnailer:
         for plane in frame.planes[:3]:
             buf = np.frombuffer(plane, np.uint8)
             arr = buf[: plane.height * plane.line_size].reshape(plane.height, plane.line_size)
-            arr = arr[:, : plane.width]
-            if arr.shape[1] > self.mid[0]:
-                arr = cv2.resize(arr, self.mid, interpolation=cv2.INTER_LINEAR)
+            step = max(1, plane.width // (2 * self.size[0]))
+            arr = arr[::step, : plane.width : step]
             out.append(cv2.resize(arr, self.size, interpolation=cv2.INTER_AREA))
         return out
 
@@ -254,10 +253,10 @@ class _Series:
     d1: np.ndarray  # motion-compensated luma difference frame t-1 -> t (grey levels)
     c1: np.ndarray  # chroma difference t-1 -> t
     h1: np.ndarray  # histogram distance t-1 -> t (0..1)
-    d3: np.ndarray  # motion-compensated luma difference t-1 -> t+2 (flash test; only near jumps)
+    persist: np.ndarray  # least difference between frames t-3..t-1 and t..t+2 (only near jumps)
     contrast: np.ndarray  # spatial std of the luma thumbnail
-    mid_gap: np.ndarray  # luma difference between frames c-k and c+k (index c)
-    mid_resid: np.ndarray  # |frame c - mean(frame c-k, frame c+k)| (index c)
+    mid_gap: np.ndarray  # luma + chroma difference between frames c-k and c+k (index c)
+    mid_resid: np.ndarray  # |frame c - mean(frame c-k, frame c+k)|, luma + chroma (index c)
     mid_hist: np.ndarray  # histogram distance between c-k and c+k (index c)
 
 
@@ -285,7 +284,7 @@ def _measure(
     names = list(_Series.__dataclass_fields__)
     cap = max(n_hint + 16, 1024)
     store = np.zeros((len(names), cap), np.float32)
-    d1, c1, h1, d3, contrast, mid_gap, mid_resid, mid_hist = store
+    d1, c1, h1, persist, contrast, mid_gap, mid_resid, mid_hist = store
     t = -1
     for t, frame in enumerate(frames):
         if t >= cap:
@@ -293,7 +292,7 @@ def _measure(
             bigger = np.zeros((len(names), cap), np.float32)
             bigger[:, : store.shape[1]] = store
             store = bigger
-            d1, c1, h1, d3, contrast, mid_gap, mid_resid, mid_hist = store
+            d1, c1, h1, persist, contrast, mid_gap, mid_resid, mid_hist = store
         y, u, v = thumb.planes(frame)
         uv = cv2.merge([u, v])
         hist = _histogram(y, u, v)
@@ -305,14 +304,23 @@ def _measure(
             d1[t] = _shifted_mad(ys[p], y)
             c1[t] = _mad(uvs[p], uv)
             h1[t] = 0.5 * cv2.norm(hs[p], hist, cv2.NORM_L1)
-        # Flash test for a candidate cut at t-2, done now that frame t = (t-2) + 2 exists.
-        if t >= 3 and d1[t - 2] + c1[t - 2] >= min_diff:
-            d3[t - 2] = _shifted_mad(ys[(t - 3) % ring], y)
+        # Persistence test for a candidate cut at j = t-2, now that frame j+2 exists: does any
+        # frame after the jump look like a frame before it? (a flash of up to two frames does)
+        j = t - 2
+        if j >= 1 and d1[j] + c1[j] >= min_diff:
+            persist[j] = min(
+                _shifted_mad(ys[before % ring], ys[after % ring])
+                for before in range(max(0, j - 3), j)
+                for after in range(j, t + 1)
+            )
         if t >= 2 * _K:
             c = t - _K
-            a, m = ys[(t - 2 * _K) % ring], ys[c % ring]
-            mid_gap[c] = _mad(a, y)
-            mid_resid[c] = _mad(m, cv2.addWeighted(a, 0.5, y, 0.5, 0.0))
+            first, mid = (t - 2 * _K) % ring, c % ring
+            a, m, auv, muv = ys[first], ys[mid], uvs[first], uvs[mid]
+            mid_gap[c] = _mad(a, y) + _mad(auv, uv)
+            mid_resid[c] = _mad(m, cv2.addWeighted(a, 0.5, y, 0.5, 0.0)) + _mad(
+                muv, cv2.addWeighted(auv, 0.5, uv, 0.5, 0.0)
+            )
             mid_hist[c] = 0.5 * cv2.norm(hs[(t - 2 * _K) % ring], hist, cv2.NORM_L1)
         if (t + 1) % progress_every == 0:
             if should_stop is not None and should_stop():
@@ -328,36 +336,56 @@ def _measure(
 # Decisions on the measured series
 
 
-def _local_max_excluding(x: np.ndarray, t: int, radius: int) -> float:
+def _reference(x: np.ndarray, t: int, radius: int, rank: int = 3) -> float:
+    """The ``rank``-th largest value of ``x`` within ``radius`` of ``t``, ``t`` itself excluded.
+
+    Why not the maximum: up to ``rank - 1`` other spikes (a neighbouring cut in a fast montage, a
+    flash) may sit in the window without masking this one, while the many similar steps of a fade or
+    of camera motion still raise the reference to their own level.
+    """
     lo, hi = max(0, t - radius), min(len(x), t + radius + 1)
     window = np.concatenate([x[lo:t], x[t + 1 : hi]])
-    return float(window.max()) if window.size else 0.0
+    if window.size < rank:
+        return 0.0
+    return float(np.partition(window, window.size - rank)[window.size - rank])
 
 
 def _find_cuts(
-    s: _Series, threshold: float, min_diff: float, flash_ratio: float, window: int
+    s: _Series,
+    threshold: float,
+    min_diff: float,
+    flash_ratio: float,
+    window: int,
+    hist_jump: float,
 ) -> list[int]:
     """Frames that start a new shot with an abrupt change.
 
-    A frame t is a cut when its difference to frame t-1 (``d1``) is
-    * at least ``min_diff`` grey levels (noise and compression never get there after motion
+    A frame t is a cut when its difference to frame t-1 (``d1 + c1``, luma and chroma)
+
+    * is at least ``min_diff`` grey levels (noise and compression stay below that after motion
       compensation),
-    * ``threshold`` times larger than any other difference in the ``window`` frames around it
-      (local adaptive threshold: fast motion raises the bar, still scenes lower it), and
-    * persistent: frame t+2 still differs from frame t-1 (``d3``) by at least ``flash_ratio`` of the
-      jump; otherwise the picture came back (a flash, a single corrupt frame).
+    * stands out of its neighbourhood (local adaptive threshold): ``threshold`` times the
+      reference level of the ``window`` frames on either side (see :func:`_reference`) -- or, under
+      heavy motion, at least half that while the colour histogram also jumps by ``hist_jump`` and
+      stands out likewise, which motion hardly ever causes;
+    * persists: no frame of t..t+2 looks like a frame of t-3..t-1 (``persist`` at least
+      ``flash_ratio`` of the jump); otherwise the picture came back (a flash, a corrupt frame).
     """
     n = len(s.d1)
     cuts: list[int] = []
-    # Combine luma and chroma: cuts between pictures of similar brightness still change colour.
     score = s.d1 + s.c1
-    for t in range(1, n):
-        v = score[t]
-        if v < min_diff:
+    for t in np.flatnonzero(score >= min_diff):
+        t = int(t)
+        if t == 0:
             continue
-        if v < threshold * _local_max_excluding(score, t, window):
-            continue
-        if t + 2 < n and s.d3[t] < flash_ratio * s.d1[t]:
+        ratio = score[t] / max(_reference(score, t, window), 1e-3)
+        if ratio < threshold:
+            hist_ratio = s.h1[t] / max(_reference(s.h1, t, window), 0.02)
+            if not (
+                ratio >= threshold / 2 and s.h1[t] >= hist_jump and hist_ratio >= 2 * threshold
+            ):
+                continue
+        if t + 2 < n and s.persist[t] < flash_ratio * s.d1[t]:
             continue
         cuts.append(t)
     return cuts
@@ -377,7 +405,8 @@ def _find_dissolves(
 
     Smooth camera motion over smooth pictures can pass the linearity test as well, but it goes on:
     the picture keeps changing before and after. A transition is short, so the change across its
-    window must clearly exceed the change across the windows just before and after it.
+    window (in pixels or, more telling under motion, in colour histogram) must clearly exceed the
+    change across the windows just before and after it.
     """
     n = len(s.d1)
     ok = (s.mid_gap >= min_gap) & (s.mid_resid <= max_resid * s.mid_gap)
@@ -391,30 +420,57 @@ def _find_dissolves(
         centre = int(a + np.argmax(s.mid_gap[a : b + 1] - 2 * s.mid_resid[a : b + 1]))
         if cut_arr.size and np.min(np.abs(cut_arr - centre)) <= 2 * _K:
             continue  # the change across the window is a cut, not a gradual transition
-        sides = [s.mid_gap[c] for c in (centre - 2 * _K, centre + 2 * _K) if _K <= c < n - _K]
-        if sides and s.mid_gap[centre] < peak_ratio * max(sides):
-            continue
+        sides = [c for c in (centre - 2 * _K, centre + 2 * _K) if _K <= c < n - _K]
+        if sides:
+            gap_peak = s.mid_gap[centre] / max(float(s.mid_gap[sides].max()), 1e-3)
+            hist_peak = s.mid_hist[centre] / max(float(s.mid_hist[sides].max()), 0.02)
+            if gap_peak < peak_ratio and hist_peak < 2 * peak_ratio:
+                continue
         out.append(centre)
     return out
 
 
-def _find_fades(s: _Series, flat: float, depth: float) -> list[int]:
-    """Middles of fades through a flat colour: a low-contrast dip between two shots with texture.
+def _find_fades(s: _Series, cuts: list[int], flat: float, depth: float, rise: float) -> list[int]:
+    """Middles of fades through a flat colour (black, white): a contrast dip between two shots.
 
-    ``flat`` is the contrast (std of grey levels) below which a frame counts as flat; the shots on
-    both sides must reach ``depth`` times the dip's lowest contrast, so a dim, misty shot whose
-    contrast hovers around ``flat`` is not mistaken for a fade.
+    A dip is a local minimum of the contrast (std of grey levels) below ``flat``. Around it the
+    contrast must rise steadily on both sides to at least ``depth`` times the bottom and ``rise`` grey
+    levels above it — a fade out and a fade in. A dim, misty shot whose contrast merely hovers at a
+    low level does not rise like that, and a dip whose slope contains a hard cut is a cut to or from a
+    flat picture, which the cut already marks.
     """
-    n = len(s.contrast)
+    c = s.contrast
+    n = len(c)
+    cut_arr = np.asarray(cuts, dtype=np.int64)
     out: list[int] = []
-    for a, b in _runs(s.contrast < flat):
-        if a == 0 or b == n - 1:
-            continue  # fade-in at the start or fade-out at the end: no boundary
-        bottom = float(s.contrast[a : b + 1].min())
-        need = max(1.5 * flat, depth * bottom)
-        before = s.contrast[max(0, a - 3 * _K) : a]
-        after = s.contrast[b + 1 : b + 1 + 3 * _K]
-        if before.max() < need or after.max() < need:
+    t = 1
+    while t < n - 1:
+        lo, hi = max(0, t - _K), min(n, t + _K + 1)
+        if c[t] >= flat or c[t] > c[lo:hi].min():
+            t += 1
+            continue
+        bottom = float(c[t])
+        # The plateau of near-flat frames around the minimum (a fade may hold black for a while).
+        a = t
+        while a > 0 and c[a - 1] <= bottom + 1.0:
+            a -= 1
+        b = t
+        while b < n - 1 and c[b + 1] <= bottom + 1.0:
+            b += 1
+        # Walk up both slopes while the contrast keeps increasing.
+        left = a
+        while left > 0 and c[left - 1] > c[left]:
+            left -= 1
+        right = b
+        while right < n - 1 and c[right + 1] > c[right]:
+            right += 1
+        t = b + 1
+        if left == 0 or right == n - 1:
+            continue  # a fade-in at the start or a fade-out at the end: no boundary
+        top = min(float(c[left]), float(c[right]))
+        if top < depth * bottom or top - bottom < rise:
+            continue
+        if cut_arr.size and np.any((cut_arr >= left) & (cut_arr <= right + 1)):
             continue
         out.append((a + b + 1) // 2)
     return out
@@ -438,7 +494,7 @@ def detect_shots(
     threshold: float = 3.0,
     min_diff: float = 6.0,
     gradual: bool = True,
-    min_shot_frames: int = 6,
+    min_shot_frames: int = 4,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress_every: int = 250,
@@ -485,13 +541,15 @@ def detect_shots(
     if on_progress is not None:
         on_progress(n, n)
 
-    cuts = _find_cuts(series, threshold=threshold, min_diff=min_diff, flash_ratio=0.4, window=6)
+    cuts = _find_cuts(
+        series, threshold=threshold, min_diff=min_diff, flash_ratio=0.4, window=6, hist_jump=0.3
+    )
     boundaries = list(cuts)
     if gradual:
         boundaries += _find_dissolves(
-            series, cuts, min_gap=10.0, max_resid=0.25, peak_ratio=2.0
+            series, cuts, min_gap=10.0, max_resid=0.25, peak_ratio=1.5
         )
-        boundaries += _find_fades(series, flat=6.0, depth=3.0)
+        boundaries += _find_fades(series, cuts, flat=6.0, depth=3.0, rise=4.0)
     starts = [b for b in _merge(boundaries, set(cuts), min_shot_frames) if 0 < b < n]
     starts = [0, *starts]
     shots = [(a, b - 1) for a, b in zip(starts, [*starts[1:], n], strict=True)]

@@ -55,7 +55,9 @@ class Command(BaseCommand):
         if passwords:
             bar = "=" * 64
             self.stdout.write(self.style.SUCCESS(bar))
-            self.stdout.write(self.style.SUCCESS("Demo users created. The passwords are shown ONCE:"))
+            self.stdout.write(
+                self.style.SUCCESS("Demo users created. The passwords are shown ONCE:")
+            )
             for name, password in passwords.items():
                 self.stdout.write(self.style.SUCCESS(f"    user {name:<12} password {password}"))
             self.stdout.write(

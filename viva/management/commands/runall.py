@@ -118,7 +118,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(bar))
 
     def _stop(self, children: dict[str, subprocess.Popen], grace: float, stopping) -> None:
-        """SIGTERM both groups (Celery: warm shutdown), wait ``grace`` s, then SIGKILL.
+        """SIGTERM both (Celery: warm shutdown), wait ``grace`` s, then SIGKILL their groups.
 
         A second Ctrl-C skips the wait. An interrupted job is marked failed by the
         heartbeat check and can be resumed from the jobs page.
@@ -129,7 +129,9 @@ class Command(BaseCommand):
         self.stdout.write("Stopping " + " and ".join(alive) + " …")
         first = stopping["count"]
         for proc in alive.values():
-            _signal_group(proc, signal.SIGTERM)
+            # The leaders only: Celery's main process shuts its pool down itself (warm
+            # shutdown); a SIGTERM to the pool children would kill the running job at once.
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(p.poll() is None for p in alive.values()):
             if stopping["count"] > first:

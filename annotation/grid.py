@@ -1,0 +1,554 @@
+"""The grid's server side: page queries and the dict the ``_grid.html`` component renders.
+
+Every labelling, review, retrieval and acquisition page shows its images through
+``templates/annotation/_grid.html``; this module builds what that template needs.
+
+**The contract** (other pages rely on it; see :class:`GridSpec`)::
+
+    grid = GridSpec(items=[...], save_url=..., category_id=..., source=..., page={...},
+                    rows=4, cols=6, prefs_url=..., readonly=False).as_dict()
+    {% include "annotation/_grid.html" with grid=grid %}
+
+Each item is a dict: ``key`` (str: an image id, or e.g. a crawler result key),
+``thumb`` and ``full`` (URLs), ``caption``, ``label`` (1 / -1 / 0 / None), and optionally
+``video`` (``{"src", "start", "end"}`` in seconds), ``extra`` (short text),
+``similar_url`` and ``link``. The browser posts changed labels as one JSON batch to
+``save_url`` (see :mod:`annotation.views.label_api`).
+
+**Queries.** A page costs a constant number of queries whatever its size: one for the
+rows *with* their label (a correlated subquery on the unique (category, image) index,
+or the annotation row itself on review pages) joined to video and shot, and one count.
+At archive scale (DESIGN.md section 7: 1 M images, 5 M annotations) two things would
+be slow, and are avoided:
+
+* ``OFFSET`` deep into a large ordered scan. Every page is ordered by an indexed key
+  (candidates: ``(added_at, id)`` on the ``candidate_recent`` index; review:
+  ``(updated_at, id)`` on ``annotation_review``; archive: ``id``), and the "next" link
+  carries a keyset cursor (``after=``), so paging forwards — what archivists do with
+  the ``s`` and ``d`` keys — never skips rows. The cursor also keeps pages stable while
+  labels change: after saving a page of "unlabelled" candidates or correcting a
+  review page, the labelled rows leave the list and the next page starts right after
+  the last row seen, not ``per_page`` rows further on. Jumping to page *n* by number
+  uses ``OFFSET`` over the same index (no sort), which is fine for the pages people
+  actually jump to.
+* ``COUNT(*)`` of a huge filtered set on every view. A count that took longer than
+  :data:`SLOW_COUNT_SECONDS` is cached for :data:`COUNT_CACHE_SECONDS` (Django's
+  cache) and the page then says "about N" (``page["approximate"]``). Small sets are
+  always counted exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
+from urllib.parse import urlencode
+
+from django.core.cache import cache
+from django.db.models import Count, Exists, OuterRef, QuerySet, Subquery
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+
+from viva.media import media_url
+from viva.models import Image, Profile
+
+from .models import Annotation, Candidate, Category, Source
+
+__all__ = [
+    "COUNT_CACHE_SECONDS",
+    "DEFAULT_COLS",
+    "DEFAULT_ROWS",
+    "MAX_SIZE",
+    "GridItem",
+    "GridPage",
+    "GridSpec",
+    "archive_page",
+    "candidate_page",
+    "grid_size",
+    "image_item",
+    "images_page",
+    "label_counts",
+    "naive_page_items",
+    "page_links",
+    "parse_page_args",
+    "review_page",
+    "save_grid_size",
+]
+
+MIN_SIZE, MAX_SIZE = 1, 10
+DEFAULT_ROWS, DEFAULT_COLS = 4, 6
+SLOW_COUNT_SECONDS = 0.05
+COUNT_CACHE_SECONDS = 60
+SHOT_PADDING_S = 2.0  # keyframes without a shot play this long around their moment
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Columns a grid cell needs; everything else (video metadata JSON …) stays in the DB.
+_IMAGE_FIELDS = (
+    "id", "file", "thumbnail", "original_name", "video", "shot", "frame", "time_ms",
+    "video__id", "video__title", "video__file",
+    "shot__id", "shot__number", "shot__start_ms", "shot__end_ms",
+)
+
+
+class GridItem(TypedDict, total=False):
+    key: str
+    thumb: str
+    full: str
+    caption: str
+    label: int | None
+    video: dict[str, Any]
+    extra: str
+    similar_url: str
+    link: str
+
+
+@dataclass
+class GridSpec:
+    """Everything ``_grid.html`` and ``grid.js`` need; ``as_dict()`` is the contract.
+
+    ``save_next_url`` (optional) is where ``s`` goes after a successful save; it
+    defaults to ``page["next_url"]``. ``empty_message`` is shown when there are no items.
+    """
+
+    items: list[GridItem]
+    save_url: str
+    category_id: int | None
+    source: str
+    page: dict[str, Any]
+    rows: int = DEFAULT_ROWS
+    cols: int = DEFAULT_COLS
+    prefs_url: str = ""
+    readonly: bool = False
+    save_next_url: str | None = None
+    empty_message: str = "Nothing to show here."
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if data["save_next_url"] is None:
+            data["save_next_url"] = self.page.get("next_url")
+        return data
+
+
+@dataclass
+class GridPage:
+    """One page of items as the query service returns it, before URLs are attached."""
+
+    items: list[GridItem]
+    number: int
+    per_page: int
+    total: int
+    approximate: bool = False
+    next_cursor: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_pages(self) -> int:
+        pages = max(1, math.ceil(self.total / self.per_page)) if self.per_page else 1
+        if self.next_cursor and pages <= self.number:
+            pages = self.number + 1  # a cached count may lag behind new rows
+        return pages
+
+
+# --------------------------------------------------------------------------- sizes
+
+
+def _clamp(value: Any, default: int) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return min(MAX_SIZE, max(MIN_SIZE, number))
+
+
+def grid_size(user) -> tuple[int, int]:
+    """Rows and columns the user chose last (Profile.grid_rows/grid_cols); one query."""
+    row = Profile.objects.filter(user_id=user.pk).values_list("grid_rows", "grid_cols").first()
+    if row is None:
+        return DEFAULT_ROWS, DEFAULT_COLS
+    return _clamp(row[0], DEFAULT_ROWS), _clamp(row[1], DEFAULT_COLS)
+
+
+def save_grid_size(user, rows: Any, cols: Any) -> tuple[int, int]:
+    """Store rows × columns (each clamped to 1–10) in the user's profile."""
+    rows, cols = _clamp(rows, DEFAULT_ROWS), _clamp(cols, DEFAULT_COLS)
+    updated = Profile.objects.filter(user_id=user.pk).update(grid_rows=rows, grid_cols=cols)
+    if not updated:
+        Profile.objects.create(user=user, grid_rows=rows, grid_cols=cols)
+    return rows, cols
+
+
+# --------------------------------------------------------------------------- items
+
+
+def _fmt_time(ms: int | None) -> str:
+    if ms is None:
+        return ""
+    seconds = ms // 1000
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+class _Links:
+    """URL prefixes reversed once per page instead of once per item."""
+
+    def __init__(self) -> None:
+        self.video = reverse("archive:video", args=[987654321]).replace("987654321", "{}")
+        try:
+            self.similar: str | None = reverse("annotation:similar")
+        except NoReverseMatch:  # the similarity page is another issue's; link when it exists
+            self.similar = None
+
+
+def image_item(
+    image: Image,
+    label: int | None,
+    *,
+    extra: str = "",
+    links: _Links | None = None,
+) -> GridItem:
+    """The grid dict for one archive image (``image.video``/``image.shot`` preloaded)."""
+    links = links or _Links()
+    item: GridItem = {
+        "key": str(image.pk),
+        "thumb": media_url(image.thumbnail or image.file),
+        "full": media_url(image.file),
+        "label": label,
+    }
+    video = image.video if image.video_id else None
+    if video is not None:
+        item["caption"] = f"{video.title} · {_fmt_time(image.time_ms)}"
+        shot = image.shot if image.shot_id else None
+        if shot is not None:
+            start, end = shot.start_ms / 1000, shot.end_ms / 1000
+        else:
+            moment = (image.time_ms or 0) / 1000
+            start, end = max(0.0, moment - SHOT_PADDING_S), moment + SHOT_PADDING_S
+        item["video"] = {"src": media_url(video.file), "start": start, "end": end}
+        item["link"] = links.video.format(video.pk)
+    else:
+        item["caption"] = image.original_name or f"Image {image.pk}"
+    if extra:
+        item["extra"] = extra
+    if links.similar:
+        item["similar_url"] = f"{links.similar}?image={image.pk}"
+    return item
+
+
+def _label_subquery(category_id: int, image_ref: str) -> Subquery:
+    """The current image-level label of the outer row's image, via the unique index."""
+    return Subquery(
+        Annotation.objects.filter(
+            category_id=category_id, face__isnull=True, image_id=OuterRef(image_ref)
+        ).values("value")[:1]
+    )
+
+
+def _unlabelled(category_id: int, image_ref: str) -> Exists:
+    return Exists(
+        Annotation.objects.filter(
+            category_id=category_id, face__isnull=True, image_id=OuterRef(image_ref)
+        )
+    )
+
+
+# --------------------------------------------------------------------------- paging
+
+
+def _encode_ts(value: datetime) -> int:
+    return (value - _EPOCH) // timedelta(microseconds=1)
+
+
+def _decode_ts(value: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=value)
+
+
+def _parse_cursor(raw: str | None, parts: int) -> tuple[int, ...] | None:
+    if not raw:
+        return None
+    try:
+        values = tuple(int(p) for p in raw.split("_"))
+    except ValueError:
+        return None
+    return values if len(values) == parts else None
+
+
+def _counted(qs: QuerySet, key: str) -> tuple[int, bool]:
+    """``qs.count()``, cached when it was slow (see the module docstring)."""
+    cached = cache.get(key)
+    if cached is not None:
+        return int(cached), True
+    started = time.perf_counter()
+    total = qs.count()
+    if time.perf_counter() - started > SLOW_COUNT_SECONDS:
+        cache.set(key, total, COUNT_CACHE_SECONDS)
+    return total, False
+
+
+def _slice(
+    qs: QuerySet,
+    *,
+    number: int,
+    per_page: int,
+    total: int,
+    keyset: QuerySet | None,
+) -> tuple[list, int]:
+    """Rows of page ``number`` (+1 look-ahead row): keyset when a cursor is given."""
+    if keyset is not None:
+        return list(keyset[: per_page + 1]), number
+    pages = max(1, math.ceil(total / per_page))
+    number = min(max(1, number), pages)
+    start = (number - 1) * per_page
+    return list(qs[start : start + per_page + 1]), number
+
+
+def _ts_keyset(qs: QuerySet, field_name: str, cursor: tuple[int, ...] | None) -> QuerySet | None:
+    """Rows after ``cursor`` in ``(-field, -id)`` order.
+
+    Written as ``field <= t AND NOT (field = t AND id >= i)`` rather than an OR so the
+    range on the indexed column drives the scan on SQLite and PostgreSQL alike.
+    """
+    if cursor is None:
+        return None
+    moment = _decode_ts(cursor[0])
+    return qs.filter(**{f"{field_name}__lte": moment}).exclude(
+        **{field_name: moment, "id__gte": cursor[1]}
+    )
+
+
+def candidate_page(
+    category: Category,
+    *,
+    page: int = 1,
+    per_page: int = 24,
+    unlabelled_only: bool = True,
+    after: str | None = None,
+) -> GridPage:
+    """A page of the category's candidates, newest first, with their current labels.
+
+    Two queries: the count (cached when slow) and the rows joined to image, video and
+    shot with the label as a subquery.
+    """
+    base = Candidate.objects.filter(category_id=category.pk)
+    if unlabelled_only:
+        base = base.filter(~_unlabelled(category.pk, "image_id"))
+    total, approximate = _counted(
+        base, f"viva:grid:cand:{category.pk}:{int(unlabelled_only)}"
+    )
+    rows_qs = (
+        base.select_related("image__video", "image__shot")
+        .only(
+            "id", "added_at", "score", "source", "image",
+            *(f"image__{f}" for f in _IMAGE_FIELDS),
+        )
+        .annotate(current=_label_subquery(category.pk, "image_id"))
+        .order_by("-added_at", "-id")
+    )
+    keyset = _ts_keyset(rows_qs, "added_at", _parse_cursor(after, 2))
+    rows, number = _slice(rows_qs, number=page, per_page=per_page, total=total, keyset=keyset)
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    links = _Links()
+    items = []
+    for cand in rows:
+        extra = ""
+        if cand.score is not None:
+            what = "distance" if cand.source == Source.SIMILARITY else "score"
+            extra = f"{what} {cand.score:.3g}"
+        items.append(image_item(cand.image, cand.current, extra=extra, links=links))
+    cursor = f"{_encode_ts(rows[-1].added_at)}_{rows[-1].pk}" if more and rows else None
+    return GridPage(items, number, per_page, total, approximate, cursor)
+
+
+def label_counts(category: Category) -> tuple[dict[int, int], bool]:
+    """Image-level positive/negative/neutral counts of one category, one grouped query.
+
+    ``GROUP BY value`` over the ``annotation_review`` index; cached like a slow count.
+    Returns ``({value: n}, approximate)``.
+    """
+    key = f"viva:grid:counts:{category.pk}"
+    cached = cache.get(key)
+    if cached is not None:
+        return dict(cached), True
+    started = time.perf_counter()
+    counts = dict(
+        Annotation.objects.filter(category_id=category.pk, face__isnull=True)
+        .values_list("value")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
+    if time.perf_counter() - started > SLOW_COUNT_SECONDS:
+        cache.set(key, counts, COUNT_CACHE_SECONDS)
+    return counts, False
+
+
+def review_page(
+    category: Category,
+    value: int,
+    *,
+    page: int = 1,
+    per_page: int = 24,
+    after: str | None = None,
+    total: tuple[int, bool] | None = None,
+) -> GridPage:
+    """A page of the images labelled ``value`` for ``category``, newest label first.
+
+    The annotation rows carry the label themselves; video and shot are joined.
+    ``total`` — ``(count, approximate)`` — skips the count when the caller has it
+    already (the review page gets all three from :func:`label_counts`).
+    """
+    base = Annotation.objects.filter(category_id=category.pk, value=value, face__isnull=True)
+    if total is None:
+        total = _counted(base, f"viva:grid:review:{category.pk}:{value}")
+    total, approximate = total
+    rows_qs = (
+        base.select_related("image__video", "image__shot", "user")
+        .only(
+            "id", "value", "updated_at", "source", "image", "user", "user__username",
+            *(f"image__{f}" for f in _IMAGE_FIELDS),
+        )
+        .order_by("-updated_at", "-id")
+    )
+    keyset = _ts_keyset(rows_qs, "updated_at", _parse_cursor(after, 2))
+    rows, number = _slice(rows_qs, number=page, per_page=per_page, total=total, keyset=keyset)
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    links = _Links()
+    items = []
+    for ann in rows:
+        who = ann.user.username if ann.user_id else "—"
+        extra = f"{who} · {ann.get_source_display().lower()}"
+        items.append(image_item(ann.image, ann.value, extra=extra, links=links))
+    cursor = f"{_encode_ts(rows[-1].updated_at)}_{rows[-1].pk}" if more and rows else None
+    return GridPage(items, number, per_page, total, approximate, cursor)
+
+
+def images_page(
+    images: QuerySet,
+    category: Category,
+    *,
+    page: int = 1,
+    per_page: int = 24,
+    after: str | None = None,
+    unlabelled_only: bool = False,
+    count_key: str | None = None,
+) -> GridPage:
+    """A page of any image queryset in ascending id order with labels for ``category``.
+
+    Used by the archive tab of the label page; other apps can pass their own
+    queryset (it is re-ordered by id so the keyset cursor works).
+    """
+    base = images
+    if unlabelled_only:
+        base = base.filter(~_unlabelled(category.pk, "pk"))
+    if count_key is None:
+        digest = hashlib.sha1(str(base.query).encode(), usedforsecurity=False).hexdigest()
+        count_key = f"viva:grid:images:{category.pk}:{digest}"
+    key = count_key
+    total, approximate = _counted(base, key)
+    rows_qs = (
+        base.select_related("video", "shot")
+        .only(*_IMAGE_FIELDS)
+        .annotate(current=_label_subquery(category.pk, "pk"))
+        .order_by("id")
+    )
+    cursor_in = _parse_cursor(after, 1)
+    keyset = rows_qs.filter(id__gt=cursor_in[0]) if cursor_in else None
+    rows, number = _slice(rows_qs, number=page, per_page=per_page, total=total, keyset=keyset)
+    more = len(rows) > per_page
+    rows = rows[:per_page]
+    links = _Links()
+    items = [image_item(im, im.current, links=links) for im in rows]
+    cursor = str(rows[-1].pk) if more and rows else None
+    return GridPage(items, number, per_page, total, approximate, cursor)
+
+
+def archive_page(
+    category: Category,
+    *,
+    collection_id: int | None = None,
+    video_id: int | None = None,
+    page: int = 1,
+    per_page: int = 24,
+    after: str | None = None,
+    unlabelled_only: bool = False,
+) -> GridPage:
+    """Archive images (optionally of one collection / video) to label directly."""
+    images = Image.objects.all()
+    if collection_id:
+        images = images.filter(collection_id=collection_id)
+    if video_id:
+        images = images.filter(video_id=video_id)
+    key = (
+        f"viva:grid:archive:{category.pk}:{collection_id or 0}:{video_id or 0}:"
+        f"{int(unlabelled_only)}"
+    )
+    return images_page(
+        images, category, page=page, per_page=per_page, after=after,
+        unlabelled_only=unlabelled_only, count_key=key,
+    )
+
+
+def naive_page_items(
+    images: QuerySet, category: Category, *, page: int = 1, per_page: int = 24
+) -> list[GridItem]:
+    """The baseline for ``bench grid``: OFFSET paging and one label query per image.
+
+    This is how a straightforward implementation (and the original VIVA) builds a
+    page; it exists only so the benchmark can measure ours beside it.
+    """
+    start = (max(1, page) - 1) * per_page
+    links = _Links()
+    items = []
+    for image in images.order_by("id")[start : start + per_page]:
+        ann = Annotation.objects.filter(
+            category=category, image=image, face__isnull=True
+        ).first()
+        items.append(image_item(image, ann.value if ann else None, links=links))
+    images.count()
+    return items
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def parse_page_args(request: HttpRequest) -> tuple[int, str | None]:
+    """``page`` (≥ 1) and the keyset cursor ``after`` from the query string."""
+    try:
+        number = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        number = 1
+    return number, request.GET.get("after") or None
+
+
+def page_links(request: HttpRequest, grid_page: GridPage, window: int = 2) -> dict[str, Any]:
+    """The ``page`` dict of the contract: numbers, total and URLs that keep other filters."""
+    params = {k: v for k, v in request.GET.items() if k not in ("page", "after")}
+
+    def url(number: int, after: str | None = None) -> str:
+        query = dict(params, page=str(number))
+        if after:
+            query["after"] = after
+        return request.path + "?" + urlencode(query)
+
+    number, pages = grid_page.number, grid_page.num_pages
+    shown = {1, pages, *range(number - window, number + window + 1)}
+    page_urls = [(n, url(n)) for n in sorted(shown) if 1 <= n <= pages]
+    has_next = grid_page.next_cursor is not None
+    first = (number - 1) * grid_page.per_page
+    return {
+        "number": number,
+        "num_pages": pages,
+        "total": grid_page.total,
+        "approximate": grid_page.approximate,
+        "per_page": grid_page.per_page,
+        "first_index": first + 1 if grid_page.items else 0,
+        "last_index": first + len(grid_page.items),
+        "prev_url": url(number - 1) if number > 1 else None,
+        "next_url": url(number + 1, grid_page.next_cursor) if has_next else None,
+        "current_url": request.get_full_path(),
+        "page_urls": page_urls,
+    }
