@@ -86,6 +86,14 @@ class Annotation(models.Model):
         indexes = [
             # Review pages: newest first per (category, value).
             models.Index(fields=["category", "value", "-updated_at"], name="annotation_review"),
+            # The grid's review pages and label counts (annotation/grid.py): image-level
+            # labels only, in page order (time DESC, id ASC), so a page, a deep OFFSET
+            # and the counts are index-only scans even with millions of labels.
+            models.Index(
+                fields=["category", "value", "-updated_at", "id"],
+                name="annotation_review_image",
+                condition=models.Q(face__isnull=True),
+            ),
             models.Index(fields=["image", "category"], name="annotation_image"),
         ]
 

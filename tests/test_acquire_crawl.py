@@ -534,3 +534,56 @@ def test_the_crawl_page_needs_a_selected_category(client_for, db, isolated):
     response = client_for("annotator").get(reverse("annotation:crawl"))
     assert response.status_code == 302
     assert response["Location"].startswith(reverse("annotation:categories"))
+
+
+# --------------------------------------------------------------------------
+# In a real browser: search, label with the keyboard, save, watch the download
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_crawl_page_in_a_browser(page, live_server, users, fake_web, settings, tmp_path,
+                                 monkeypatch):
+    from tests.fixtures_browser import login, screenshot
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.VAR_DIR = tmp_path / "var"
+    # No worker here: the test runs the job itself (and nothing is left in the broker).
+    monkeypatch.setattr("viva.jobs.runner._enqueue", lambda job: None)
+    category = Category.objects.create(name="Gate")
+    login(page, live_server, users["annotator"])
+    page.goto(live_server.url + reverse("annotation:categories"))
+    page.click("text=Select >> nth=0")
+    page.goto(live_server.url + reverse("annotation:crawl"))
+    assert page.input_value("input[name=term]") == "Gate"
+    page.fill("input[name=min_size]", "0")
+    page.click("form.crawl-form button[type=submit]")
+    page.wait_for_selector(".vgrid-cells img")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('.vgrid-cells img'))"
+        ".every((img) => img.complete && img.naturalWidth > 0)"
+    )
+    # Keyboard only: positive, negative, neutral on the first three results, then save.
+    page.keyboard.press("1")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("2")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("3")
+    page.click(".vgrid-save")
+    row = page.wait_for_selector(".download-job")
+    job = Job.objects.get(kind="download_web_images")
+    assert len(job.params["items"]) == 3
+    assert run_job(job.pk) == "succeeded"
+    page.wait_for_selector('.download-job[data-active="0"]')
+    assert "3 image(s) downloaded" in row.inner_text()
+    screenshot(page, "acquire_crawl_downloaded", full_page=True)
+    assert Annotation.objects.filter(category=category).count() == 3
+    # Only our own server was contacted by the browser; the labels survive a reload.
+    assert not [e for e in page.viva_errors if "127.0.0.1" in e and "/preview/" not in e]
+    page.reload()
+    page.wait_for_selector(".vgrid-cells img")
+    labelled = page.eval_on_selector_all(
+        ".vgrid-cells .vcell", "cells => cells.slice(0, 4).map((c) => c.dataset.label)"
+    )
+    assert labelled == ["pos", "neg", "neu", "none"]

@@ -121,6 +121,7 @@ def test_context_persists_progress_metrics_and_log(db):
 
 
 def test_context_throttles_writes_but_flush_is_exact(db, monkeypatch):
+    monkeypatch.setattr(runner, "FLUSH_INTERVAL", 60.0)  # no time-based flush in this test
     job = make_job(status=Job.Status.RUNNING)
     ctx = runner.JobContext(job)
     ctx.progress(1, total=100)  # the first call writes

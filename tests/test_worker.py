@@ -20,9 +20,8 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
 
 def done_with(worker) -> None:
-    """Stop a worker whose jobs are all finished at once: a warm shutdown of the filesystem
-    transport takes ~5 s, which would dominate these tests. (The fixture's graceful stop is
-    still exercised by the first test.)"""
+    """Stop a worker whose jobs are all finished at once: a warm shutdown on the filesystem
+    transport takes 5-7 s, which would dominate these tests."""
     worker.kill()
 
 
@@ -47,7 +46,7 @@ def wait_job(worker, job_id: int, predicate, timeout: float, what: str) -> Job:
 
 
 def test_worker_runs_job_with_live_progress_and_metrics(celery_worker):
-    job = start_job("worker_check", {"steps": 20, "delay": 0.1})
+    job = start_job("worker_check", {"steps": 30, "delay": 0.1})
     seen: set[int] = set()
 
     def finished(j: Job) -> bool:
@@ -56,14 +55,15 @@ def test_worker_runs_job_with_live_progress_and_metrics(celery_worker):
 
     job = wait_job(celery_worker, job.pk, finished, 30, "finished")
     assert job.status == Job.Status.SUCCEEDED, celery_worker.output()
-    assert (job.progress, job.total) == (20, 20)
+    assert (job.progress, job.total) == (30, 30)
     # Progress arrived while the job ran, not only at the end (writes are throttled to 0.5 s).
-    assert len({p for p in seen if 0 < p < 20}) >= 2, sorted(seen)
+    assert len({p for p in seen if 0 < p < 30}) >= 2, sorted(seen)
     series = job.metrics["steps per second"]
-    assert [step for step, _ in series] == list(range(1, 21))
-    assert job.result == {"summary": "The worker ran 20 steps."}
-    assert "Worker check finished 20 steps." in job.log_tail
+    assert [step for step, _ in series] == list(range(1, 31))
+    assert job.result == {"summary": "The worker ran 30 steps."}
+    assert "Worker check finished 30 steps." in job.log_tail
     assert job.worker and job.started_at and job.finished_at and job.attempts == 1
+    done_with(celery_worker)
 
 
 def test_cancel_running_job_through_worker(celery_worker):

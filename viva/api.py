@@ -58,9 +58,9 @@ class JobViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(job_state(fn(job)))
 
     @action(detail=True, methods=["post"])
-    def cancel(self, request, pk=None):
+    def cancel(self, request, pk=None, format=None):
         return self._control(request, cancel_job)
 
     @action(detail=True, methods=["post"])
-    def resume(self, request, pk=None):
+    def resume(self, request, pk=None, format=None):
         return self._control(request, resume_job)

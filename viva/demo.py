@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from django.conf import settings
@@ -48,17 +48,20 @@ class DemoVideo:
     fade_every: int
     seed: int
     monochrome_share: float
+    opening: int  # scene variant of the first shot: the picture the overview shows
     description: str
 
 
+# Openings: variants 0–4 are the full astronaut, camera, coffee, chelsea and rocket pictures
+# (viva.ingest.synth._BASE_IMAGES), nicer on the overview page than the texture scenes.
 DEMO_VIDEOS: tuple[DemoVideo, ...] = (
-    DemoVideo("harbour_lights_1958", "Harbour Lights", 1958, "1958-09-14", 8, 0, 11, 1.0,
+    DemoVideo("harbour_lights_1958", "Harbour Lights", 1958, "1958-09-14", 8, 0, 11, 1.0, 1,
               "Black-and-white newsreel: hard cuts only."),
-    DemoVideo("evening_news_1987", "Evening News", 1987, "1987-03-02", 10, 0, 12, 0.3,
+    DemoVideo("evening_news_1987", "Evening News", 1987, "1987-03-02", 10, 0, 12, 0.3, 4,
               "News magazine: hard cuts, fast camera moves."),
-    DemoVideo("city_chronicle_1994", "City Chronicle", 1994, "1994-06-21", 9, 3, 13, 0.2,
+    DemoVideo("city_chronicle_1994", "City Chronicle", 1994, "1994-06-21", 9, 3, 13, 0.2, 3,
               "Documentary: cuts, dissolves and fades through black."),
-    DemoVideo("science_magazine_2006", "Science Magazine", 2006, "2006-11-08", 8, 4, 14, 0.0,
+    DemoVideo("science_magazine_2006", "Science Magazine", 2006, "2006-11-08", 8, 4, 14, 0.0, 0,
               "Colour magazine: cuts and a few gradual transitions."),
 )
 
@@ -113,7 +116,7 @@ def demo_dir() -> Path:
 
 def make_demo_video(spec: DemoVideo, folder: Path) -> Path:
     """Write ``<slug>.mp4`` and its metadata sidecar unless they exist already."""
-    from .ingest.synth import make_synthetic_video, random_scenes
+    from .ingest.synth import N_VARIANTS, make_synthetic_video, random_scenes
 
     path = folder / f"{spec.slug}.mp4"
     sidecar = path.with_name(path.name + ".json")
@@ -123,6 +126,7 @@ def make_demo_video(spec: DemoVideo, folder: Path) -> Path:
         spec.n_scenes, fade_every=spec.fade_every, seed=spec.seed,
         monochrome_share=spec.monochrome_share,
     )
+    scenes = _with_opening(scenes, spec.opening, N_VARIANTS, colour=spec.monochrome_share < 1)
     tmp = path.with_name(path.stem + ".part.mp4")
     truth = make_synthetic_video(tmp, scenes, seed=spec.seed)
     tmp.replace(path)
@@ -138,6 +142,26 @@ def make_demo_video(spec: DemoVideo, folder: Path) -> Path:
         },
     }, indent=2))
     return path
+
+
+def _with_opening(scenes: list, variant: int, n_variants: int, *, colour: bool) -> list:
+    """Start with ``variant`` (in colour unless the film is black and white); keep
+    consecutive scenes on different pictures (a cut between two crops of one picture is not
+    what the ground truth describes)."""
+    from .ingest.synth import _BASE_IMAGES
+
+    n_base = len(_BASE_IMAGES)
+    scenes = list(scenes)
+    scenes[0] = replace(scenes[0], variant=variant, monochrome=scenes[0].monochrome and not colour)
+    if len(scenes) > 1:
+        avoid = {variant % n_base}
+        if len(scenes) > 2:
+            avoid.add(scenes[2].variant % n_base)
+        second = scenes[1].variant
+        while second % n_base in avoid:
+            second = (second + 1) % n_variants
+        scenes[1] = replace(scenes[1], variant=second)
+    return scenes
 
 
 def make_demo_stills(folder: Path) -> list[Path]:

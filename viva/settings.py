@@ -220,3 +220,15 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("VIVA_LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- Concept training (training/; DESIGN.md sections 5 and 6) -----------------------------
+# A concept needs this many positive labels to be trained (the thesis suggests 100).
+VIVA_TRAIN_MIN_POSITIVES = int(env("VIVA_TRAIN_MIN_POSITIVES", "100"))
+# DataLoader worker processes that decode and augment images beside the training loop.
+VIVA_TRAIN_NUM_WORKERS = int(env("VIVA_TRAIN_NUM_WORKERS", "2"))
+# Devices offered for training when the GPU workers are other machines (e.g.
+# "cuda:0,cuda:1,cpu"); empty: the devices of the machine that serves the page.
+VIVA_TRAIN_DEVICES = env_list("VIVA_TRAIN_DEVICES")
+# Download ImageNet weights when neither VIVA_WEIGHTS_DIR nor the torch hub cache has
+# them. Offline the download fails with a message saying where to put the file.
+VIVA_ALLOW_WEIGHT_DOWNLOAD = env_bool("VIVA_ALLOW_WEIGHT_DOWNLOAD", True)

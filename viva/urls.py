@@ -7,13 +7,21 @@ from django.urls import include, path, re_path
 from django.views import View
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.routers import DefaultRouter
+from rest_framework import routers
 
 from . import api
 from .roles import Role, RoleRequiredMixin
 from .views import archive, jobs, users
 
-router = DefaultRouter()
+class APIRootView(routers.APIRootView):
+    min_role = Role.RESEARCHER
+
+
+class Router(routers.DefaultRouter):
+    APIRootView = APIRootView
+
+
+router = Router()
 router.register("collections", api.CollectionViewSet)
 router.register("videos", api.VideoViewSet)
 router.register("jobs", api.JobViewSet)

@@ -162,7 +162,11 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             return redirect("annotation:crawl")
         initial = {"term": self.category.name, "source": next(iter(crawler.SOURCES), "")}
         if entry:
-            initial.update(term=entry["term"], source=entry["engine"], limit=entry["limit"])
+            initial.update(
+                term=entry["term"], source=entry["engine"], limit=entry["limit"],
+                image_type=entry.get("image_type", ""),
+                min_size=entry.get("min_size", crawler.DEFAULT_MIN_SIZE[0]),
+            )
         ctx = self.get_context_data(form=CrawlForm(initial=initial))
         if entry:
             ctx.update(self.results_context(entry, search_id))
@@ -188,6 +192,7 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         search_id = save_results(
             "crawl",
             {"term": data["term"], "engine": data["source"], "limit": data["limit"],
+             "image_type": data.get("image_type") or "", "min_size": data.get("min_size") or 0,
              "results": results, "pending": {}, "jobs": []},
             user=request.user,
         )
@@ -198,7 +203,7 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         rows, cols = grid_size(request.user)
         per_page = rows * cols
         results = entry["results"]
-        page_rows, number, first = slice_page(request, results, per_page)
+        page_rows, number, _first = slice_page(request, results, per_page)
         job_ids = [int(j) for j in entry.get("jobs", [])]
         jobs = list(Job.objects.filter(pk__in=job_ids).order_by("-created_at")[:10])
         active = {j.pk for j in jobs if j.is_active}
@@ -207,17 +212,17 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         )
         term, engine = entry["term"], entry["engine"]
         items = []
-        for offset, r in enumerate(page_rows):
+        for r in page_rows:
             result = WebResult(r["u"], r["t"], term, engine, r.get("n") or "", r.get("p"))
             host = urlsplit(r["u"]).hostname or ""
-            size = f"{r['w']}×{r['h']} · " if r.get("w") and r.get("h") else ""
+            size = f"{r['w']}×{r['h']}" if r.get("w") and r.get("h") else ""
             item = {
                 "key": result.token(),
                 "thumb": _preview_url(r["t"] or r["u"], has_thumb=bool(r["t"])),
                 "full": _preview_url(r["u"], has_thumb=True, size="large"),
                 "caption": (r.get("n") or host)[:120],
                 "label": labels.get(r["u"]),
-                "extra": f"#{first + offset + 1} · {size}{host}",
+                "extra": " · ".join(x for x in (size, host.removeprefix("www.")) if x),
             }
             if r.get("p"):
                 item["link"] = r["p"]

@@ -7,11 +7,11 @@ F1 >= 0.95, not below PySceneDetect's, at no lower speed.
 
 Scoring of hard cuts:
 
-* a detected boundary (first frame of a new shot) matches a true hard cut when it is within +-1 frame;
-  matching is one-to-one (cuts are at least 15 frames apart, so greedy matching is optimal);
+* a detected boundary (first frame of a new shot) matches a true hard cut when it is within +-1
+  frame; matching is one-to-one (cuts are at least 15 frames apart, so greedy matching is optimal);
 * a detected boundary inside a gradual transition (from its first mixed frame - 1 to its last mixed
-  frame + 2, i.e. the transition widened by the same +-1 tolerance) counts neither as a true nor as a
-  false positive: where to put the boundary of a fade is a matter of convention;
+  frame + 2, i.e. the transition widened by the same +-1 tolerance) counts neither as a true nor as
+  a false positive: where to put the boundary of a fade is a matter of convention;
 * every other detected boundary is a false positive, every unmatched true cut a false negative.
 
 ``fade_recall`` is the share of gradual transitions with at least one detected boundary inside that
@@ -79,7 +79,8 @@ def _scenes_for(seconds: float, seed: int) -> list[SceneSpec]:
 
 
 def score(truth: SyntheticTruth, boundaries: Sequence[int], tolerance: int = 1) -> dict[str, int]:
-    """Count hard-cut true/false positives and misses, and gradual transitions found (see module doc)."""
+    """Count hard-cut true/false positives and misses, and gradual transitions found (see module
+    doc)."""
     fade_ranges = [(s - tolerance, e + 1 + tolerance) for s, e in truth.fades]
     unmatched = sorted(truth.hard_cuts)
     tp = fp = 0
@@ -121,7 +122,8 @@ def ours_boundaries(path: Path) -> list[int]:
 
 
 def baseline_boundaries(path: Path) -> list[int]:
-    """First frames of every scene but the first, from PySceneDetect's ContentDetector (defaults)."""
+    """First frames of every scene but the first, from PySceneDetect's ContentDetector
+    (defaults)."""
     from scenedetect import ContentDetector, detect  # noqa: PLC0415 - optional, benchmark only
 
     scenes = detect(str(path), ContentDetector(), show_progress=False)

@@ -1,28 +1,29 @@
 """Shot boundary detection, keyframe choice and frame extraction for video ingest.
 
-Why this exists: every automatic label in VIVA hangs off a shot (thesis section 6.1.1: "automatically
-generated labels are assigned to video shots. Therefore, shot boundary detection has to be performed"),
-and concept detection and similarity search run on up to five keyframes spread over each shot
-(section 6.2.1). Transitions are abrupt (cuts) or gradual (fades, dissolves; section 6.1.1).
+Why this exists: every automatic label in VIVA hangs off a shot (thesis section 6.1.1:
+"automatically generated labels are assigned to video shots. Therefore, shot boundary detection has
+to be performed"), and concept detection and similarity search run on up to five keyframes spread
+over each shot (section 6.2.1). Transitions are abrupt (cuts) or gradual (fades, dissolves; section
+6.1.1).
 
 Design, in one pass over the decoded video and without any deep model:
 
 * Decode with PyAV (threaded) and keep, per frame, only 64-pixel-wide thumbnails of the Y, U and V
-  planes read straight from the decoder's buffers (no colour conversion) plus small colour histograms.
-  Deblocking is skipped while detecting: it costs decode time and does not change which frames
-  belong together.
-* **Cuts** are isolated spikes of a motion-compensated frame difference (the best of 9 small shifts, so
-  pans and zooms do not look like cuts), judged against the local activity around them — an adaptive
-  threshold rather than a global one, in the spirit of the threshold-free detectors of section 6.2.1.
-  A spike after which the old picture comes back is a flash, not a cut.
-* **Gradual transitions**: a dissolve mixes two pictures linearly in time, so the frame in the middle of
-  a window is the average of the window's ends; camera motion breaks that relation (an average of two
-  shifted pictures is blurred, the real middle frame is sharp). This linearity test plays the role of
-  the camera-motion false-alarm removal of section 6.1.1. Fades through black (or any flat colour) are
-  found as a dip of the picture's contrast between two textured shots.
+  planes read straight from the decoder's buffers (no colour conversion) plus small colour
+  histograms. Deblocking is skipped while detecting: it costs decode time and does not change which
+  frames belong together.
+* **Cuts** are isolated spikes of a motion-compensated frame difference (the best of 9 small shifts,
+  so pans and zooms do not look like cuts), judged against the local activity around them — an
+  adaptive threshold rather than a global one, in the spirit of the threshold-free detectors of
+  section 6.2.1. A spike after which the old picture comes back is a flash, not a cut.
+* **Gradual transitions**: a dissolve mixes two pictures linearly in time, so the frame in the
+  middle of a window is the average of the window's ends; camera motion breaks that relation (an
+  average of two shifted pictures is blurred, the real middle frame is sharp). This linearity test
+  plays the role of the camera-motion false-alarm removal of section 6.1.1. Fades through black (or
+  any flat colour) are found as a dip of the picture's contrast between two textured shots.
 
-Frame indices count decoded frames in presentation order from 0; :func:`extract_frames` uses the same
-numbering, so indices from :func:`detect_shots` can be fed to it unchanged.
+Frame indices count decoded frames in presentation order from 0; :func:`extract_frames` uses the
+same numbering, so indices from :func:`detect_shots` can be fed to it unchanged.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def _open(path: str | os.PathLike[str]) -> tuple[av.container.InputContainer, av
         container = av.open(os.fspath(path), mode="r")
     except (av.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise VideoError(f"{name}: not a readable video file ({_reason(exc)})") from exc
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        container.close()  # FFmpeg reads a PNG or JPEG as a one-frame video
+        raise VideoError(f"{name}: this is a still image, not a video")
     if not container.streams.video:
         container.close()
         raise VideoError(f"{name}: the file contains no video stream")
@@ -159,8 +163,8 @@ def _decoded_frames(
 def probe_video(path: str | os.PathLike[str]) -> VideoInfo:
     """Read the stream header and decode the first frame, so a bad upload is refused early.
 
-    ``n_frames`` comes from the container when it records it, otherwise from counting packets (cheap:
-    no decoding). :func:`detect_shots` returns the exact count.
+    ``n_frames`` comes from the container when it records it, otherwise from counting packets
+    (cheap: no decoding). :func:`detect_shots` returns the exact count.
     """
     name = os.path.basename(os.fspath(path))
     container, stream = _open(path)
@@ -401,7 +405,7 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def _find_dissolves(
     s: _Series, cuts: list[int], min_gap: float, max_resid: float, peak_ratio: float
 ) -> list[int]:
-    """Centres of dissolves: windows whose middle frame is the average of their ends (see module doc).
+    """Centres of dissolves: windows whose middle frame is the average of their ends (module doc).
 
     Smooth camera motion over smooth pictures can pass the linearity test as well, but it goes on:
     the picture keeps changing before and after. A transition is short, so the change across its
@@ -430,24 +434,31 @@ def _find_dissolves(
     return out
 
 
-def _find_fades(s: _Series, cuts: list[int], flat: float, depth: float, rise: float) -> list[int]:
-    """Middles of fades through a flat colour (black, white): a contrast dip between two shots.
+def _find_fades(
+    s: _Series, cuts: list[int], flat: float, depth: float, rise: float
+) -> list[tuple[int, int, int]]:
+    """Fades through a flat colour (black, white): a contrast dip between two shots.
+
+    Returns (boundary, first, last): the middle of the flat frames and the extent of the fade.
 
     A dip is a local minimum of the contrast (std of grey levels) below ``flat``. Around it the
-    contrast must rise steadily on both sides to at least ``depth`` times the bottom and ``rise`` grey
-    levels above it — a fade out and a fade in. A dim, misty shot whose contrast merely hovers at a
-    low level does not rise like that, and a dip whose slope contains a hard cut is a cut to or from a
-    flat picture, which the cut already marks.
+    contrast must rise steadily on both sides to at least ``depth`` times the bottom and ``rise``
+    grey levels above it — a fade out and a fade in. A dim, misty shot whose contrast merely hovers
+    at a low level does not rise like that, and a dip whose slope contains a hard cut is a cut to or
+    from a flat picture, which the cut already marks.
     """
     c = s.contrast
     n = len(c)
     cut_arr = np.asarray(cuts, dtype=np.int64)
-    out: list[int] = []
-    t = 1
-    while t < n - 1:
-        lo, hi = max(0, t - _K), min(n, t + _K + 1)
-        if c[t] >= flat or c[t] > c[lo:hi].min():
-            t += 1
+    out: list[tuple[int, int, int]] = []
+    if n < 3:
+        return out
+    padded = np.pad(c, _K, constant_values=np.inf)
+    local_min = np.lib.stride_tricks.sliding_window_view(padded, 2 * _K + 1).min(axis=1)
+    done = 0  # frames before this index belong to a dip already handled
+    for t in np.flatnonzero((c < flat) & (c <= local_min)):
+        t = int(t)
+        if t < done or t == 0 or t == n - 1:
             continue
         bottom = float(c[t])
         # The plateau of near-flat frames around the minimum (a fade may hold black for a while).
@@ -464,7 +475,7 @@ def _find_fades(s: _Series, cuts: list[int], flat: float, depth: float, rise: fl
         right = b
         while right < n - 1 and c[right + 1] > c[right]:
             right += 1
-        t = b + 1
+        done = b + 1
         if left == 0 or right == n - 1:
             continue  # a fade-in at the start or a fade-out at the end: no boundary
         top = min(float(c[left]), float(c[right]))
@@ -472,7 +483,7 @@ def _find_fades(s: _Series, cuts: list[int], flat: float, depth: float, rise: fl
             continue
         if cut_arr.size and np.any((cut_arr >= left) & (cut_arr <= right + 1)):
             continue
-        out.append((a + b + 1) // 2)
+        out.append(((a + b + 1) // 2, left, right))
     return out
 
 
@@ -501,14 +512,16 @@ def detect_shots(
 ) -> tuple[VideoInfo, list[tuple[int, int]]]:
     """Split a video into shots; return its info and inclusive (start, end) frame ranges.
 
-    The shots cover every decoded frame exactly once. ``threshold`` is how many times a cut's jump must
-    exceed the largest other frame difference nearby; ``min_diff`` the smallest jump (grey levels on
-    0-255) that can be a cut. ``gradual`` also looks for dissolves and fades; a gradual transition is
-    split in its middle. Boundaries closer than ``min_shot_frames`` are merged.
+    The shots cover every decoded frame exactly once. ``threshold`` is how many times a cut's jump
+    must exceed the level of the other frame differences nearby (see :func:`_find_cuts`);
+    ``min_diff`` the smallest jump (grey levels on 0-255, luma plus chroma) that can be a cut.
+    ``gradual`` also looks for dissolves and fades; a gradual transition is split in its middle.
+    Boundaries closer than ``min_shot_frames`` are merged.
 
-    ``on_progress(frames_done, n_frames)`` is called every ``progress_every`` frames (``n_frames`` is
-    the probed estimate), ``should_stop()`` is polled as often and raises :class:`DetectionCancelled`
-    when it returns True. Raises :class:`VideoError` for files that are not usable videos.
+    ``on_progress(frames_done, n_frames)`` is called every ``progress_every`` frames (``n_frames``
+    is the probed estimate), ``should_stop()`` is polled as often and raises
+    :class:`DetectionCancelled` when it returns True. Raises :class:`VideoError` for files that are
+    not usable videos.
     """
     name = os.path.basename(os.fspath(path))
     info = probe_video(path)
@@ -546,10 +559,13 @@ def detect_shots(
     )
     boundaries = list(cuts)
     if gradual:
-        boundaries += _find_dissolves(
-            series, cuts, min_gap=10.0, max_resid=0.25, peak_ratio=1.5
-        )
-        boundaries += _find_fades(series, cuts, flat=6.0, depth=3.0, rise=4.0)
+        fades = _find_fades(series, cuts, flat=6.0, depth=3.0, rise=4.0)
+        dissolves = _find_dissolves(series, cuts, min_gap=10.0, max_resid=0.25, peak_ratio=1.5)
+        # Each half of a fade through black is itself a dissolve (to or from black): keep the fade.
+        boundaries += [b for b, _, _ in fades]
+        boundaries += [
+            d for d in dissolves if not any(lo - 2 <= d <= hi + 2 for _, lo, hi in fades)
+        ]
     starts = [b for b in _merge(boundaries, set(cuts), min_shot_frames) if 0 < b < n]
     starts = [0, *starts]
     shots = [(a, b - 1) for a, b in zip(starts, [*starts[1:], n], strict=True)]
@@ -564,9 +580,9 @@ def keyframe_indices(start: int, end: int, k: int = 5) -> list[int]:
     """Up to ``k`` frame indices spread evenly over the inclusive shot [start, end].
 
     The shot is cut into ``min(k, length)`` equal segments and the centre of each is taken. Centres
-    rather than the first/last frame (thesis section 6.1.2 uses first, last and three between) because
-    shot edges often hold the tail of a gradual transition; section 6.2.1's "maximum of five equally
-    distributed keyframes (depending on the length of the shot)" is what this implements.
+    rather than the first/last frame (thesis section 6.1.2 uses first, last and three between)
+    because shot edges often hold the tail of a gradual transition; section 6.2.1's "maximum of five
+    equally distributed keyframes (depending on the length of the shot)" is what this implements.
     """
     if end < start:
         raise ValueError(f"empty shot: start {start} > end {end}")
@@ -578,11 +594,12 @@ def keyframe_indices(start: int, end: int, k: int = 5) -> list[int]:
 def extract_frames(
     path: str | os.PathLike[str], indices: Iterable[int]
 ) -> Iterator[tuple[int, Image.Image]]:
-    """Yield ``(index, RGB image)`` for the requested frames in ascending order, in one decoding pass.
+    """Yield ``(index, RGB image)`` for the requested frames in ascending order, in one pass.
 
     Decoding stops after the last requested frame. Indices past the end of the video are skipped;
-    duplicates are yielded once. Uses the numbering of :func:`detect_shots` (decoded frames in
-    presentation order), which seeking could not guarantee for every container.
+    duplicates are yielded once. Raises :class:`VideoError` (when iteration starts) for unusable
+    files. Uses the numbering of :func:`detect_shots` (decoded frames in presentation order), which
+    seeking could not guarantee for every container.
     """
     wanted = sorted(set(int(i) for i in indices))
     if wanted and wanted[0] < 0:
@@ -594,11 +611,14 @@ def extract_frames(
     try:
         stream.thread_type = "AUTO"
         pos = 0
+        index = -1
         for index, frame in enumerate(_decoded_frames(container, stream, name)):
             if index == wanted[pos]:
                 yield index, frame.to_image()
                 pos += 1
                 if pos == len(wanted):
                     break
+        if index < 0:
+            raise VideoError(f"{name}: the video has no decodable frames")
     finally:
         container.close()

@@ -1,11 +1,11 @@
 """Synthetic videos with known shot boundaries, built from the images that ship with scikit-image.
 
-Why: tests, the demo archive and the ``shots`` benchmark need real-looking footage with an exact ground
-truth, and nothing may be downloaded (archives are often offline, DESIGN.md section 6). Every scene is a
-still image seen through a slowly panning/zooming virtual camera with mild sensor noise, so consecutive
-frames are never identical and a detector has to tell camera motion from a shot change. Scenes are
-joined by hard cuts, dissolves (cross-fades) or fades through black, the transition types discussed in
-section 6.1 of the thesis (seed/000_850d00bef62b8b1c.txt).
+Why: tests, the demo archive and the ``shots`` benchmark need real-looking footage with an exact
+ground truth, and nothing may be downloaded (archives are often offline, DESIGN.md section 6). Every
+scene is a still image seen through a slowly panning/zooming virtual camera with mild sensor noise,
+so consecutive frames are never identical and a detector has to tell camera motion from a shot
+change. Scenes are joined by hard cuts, dissolves (cross-fades) or fades through black, the
+transition types discussed in section 6.1 of the thesis (seed/000_850d00bef62b8b1c.txt).
 
 Frame indices are 0-based positions in presentation order, the same numbering that
 :mod:`viva.ingest.shots` uses.
@@ -28,8 +28,8 @@ import numpy as np
 
 Transition = Literal["cut", "dissolve", "fade"]
 
-# Images of skimage.data that are bundled with the wheel (no pooch download needed).  Grey images are
-# coloured by the tint of the variant, so they still look different from each other.
+# Images of skimage.data that are bundled with the wheel (no pooch download needed).  Grey images
+# are coloured by the tint of the variant, so they still look different from each other.
 _BASE_IMAGES: tuple[str, ...] = (
     "astronaut",
     "camera",
@@ -67,10 +67,10 @@ class SceneSpec:
     ``variant`` picks the picture (``0 <= variant < N_VARIANTS``; larger values wrap around).
     ``n_frames`` counts the frames that show only this scene; a gradual transition adds
     ``transition_frames`` mixed frames *before* the scene. ``transition`` says how the scene is
-    entered (ignored for the first scene). ``pan`` is the camera travel over the scene as a fraction of
-    the frame size (dx, dy); ``zoom`` is the (start, end) magnification (1 = widest view).
-    ``monochrome`` renders the scene in grey, like the black-and-white recordings that make up much of
-    historical archives (thesis section 6.1.4): cuts between grey shots carry no colour cue.
+    entered (ignored for the first scene). ``pan`` is the camera travel over the scene as a fraction
+    of the frame size (dx, dy); ``zoom`` is the (start, end) magnification (1 = widest view).
+    ``monochrome`` renders the scene in grey, like the black-and-white recordings that make up much
+    of historical archives (thesis section 6.1.4): cuts between grey shots carry no colour cue.
     """
 
     variant: int
@@ -88,8 +88,8 @@ class SyntheticTruth:
 
     ``hard_cuts`` holds the index of the first frame of each shot that starts with a cut. ``fades``
     holds (first, last) mixed frame of each gradual transition. ``shots`` are inclusive (start, end)
-    frame ranges covering every frame; a gradual transition is split in its middle, so the first half
-    of its frames belongs to the old shot and the second half to the new one.
+    frame ranges covering every frame; a gradual transition is split in its middle, so the first
+    half of its frames belongs to the old shot and the second half to the new one.
     """
 
     fps: float
@@ -101,9 +101,10 @@ class SyntheticTruth:
     shots: list[tuple[int, int]] = field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_image(name: str) -> np.ndarray:
-    """Load one bundled skimage image as RGB uint8 (cached: loading astronaut alone takes ~0.4 s)."""
+    """Load one bundled skimage image as RGB uint8 (cached: loading astronaut alone takes ~0.4
+    s)."""
     import skimage.data  # noqa: PLC0415 - heavy import, only needed here
 
     with warnings.catch_warnings():
@@ -122,10 +123,12 @@ def _base_image(name: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def variant_image(variant: int) -> np.ndarray:
-    """Return the RGB picture of a scene variant: a crop, optional mirror and colour cast of a base image.
+    """Return the RGB picture of a scene variant: a crop, optional mirror and colour cast of a base
+    image.
 
-    Sub-variant 0 is the full image with a mild cast; the others crop different parts, mirror them and
-    apply stronger casts, so neighbouring variants of the same base still look like different shots.
+    Sub-variant 0 is the full image with a mild cast; the others crop different parts, mirror them
+    and apply stronger casts, so neighbouring variants of the same base still look like different
+    shots.
     """
     variant %= N_VARIANTS
     base_idx, sub = variant % len(_BASE_IMAGES), variant // len(_BASE_IMAGES)
@@ -285,7 +288,8 @@ def make_synthetic_video(
 ) -> SyntheticTruth:
     """Write a synthetic video to ``path`` and return its ground truth.
 
-    Without ``scenes``, :func:`random_scenes` draws ``n_scenes`` scenes from ``seed`` and ``fade_every``.
+    Without ``scenes``, :func:`random_scenes` draws ``n_scenes`` scenes from ``seed`` and
+    ``fade_every``.
     ``noise`` is the standard deviation of the added sensor noise (grey levels). ``size`` is
     (width, height); both must be even for yuv420p. ``preset`` is the x264 speed preset (superfast
     keeps generation several times faster than real time and the files realistic: CABAC, B-frames).
@@ -303,7 +307,8 @@ def make_synthetic_video(
         raise ValueError("at least one scene is needed")
     rng = np.random.default_rng(seed + 7919)
     # Noise as two saturating uint8 layers (add, then subtract): much cheaper per frame than
-    # float noise, and a small bank of layers shuffled per frame is indistinguishable from fresh noise.
+    # float noise, and a small bank of layers shuffled per frame is indistinguishable from fresh
+    # noise.
     bank = 6
     pos = [
         np.clip(np.abs(rng.normal(0, noise, (height, width, 3))), 0, 255).astype(np.uint8)

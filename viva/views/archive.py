@@ -137,28 +137,33 @@ class UploadView(RoleRequiredMixin, FormView):
         if collection is None:
             name = form.cleaned_data["new_collection"].strip()
             collection, _ = Collection.objects.get_or_create(name=name)
-        folder = settings.VAR_DIR / "uploads" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        videos, images, names = [], [], {}
-        for i, upload in enumerate(form.cleaned_data["files"]):
-            target = folder / f"{i:04d}_{get_valid_filename(upload.name)}"
-            with open(target, "wb") as out:
-                for chunk in upload.chunks():
-                    out.write(chunk)
-            names[str(target)] = upload.name
-            suffix = target.suffix.lower()
-            (videos if suffix in VIDEO_SUFFIXES else images).append(str(target))
+        batch = uuid.uuid4().hex
+        groups: dict[str, list] = {"import_videos": [], "import_images": []}
+        for upload in form.cleaned_data["files"]:
+            kind = "import_videos" if Path(upload.name).suffix.lower() in VIDEO_SUFFIXES else "import_images"
+            groups[kind].append(upload)
         jobs = []
-        common = {"collection_id": collection.pk, "names": names}
-        if videos:
-            jobs.append(start_job("import_videos", {**common, "paths": videos,
-                                  "cleanup_dirs": [] if images else [str(folder)]},
-                                  user=self.request.user,
-                                  title=f"Import {len(videos)} video(s) into {collection}"))
-        if images:
-            jobs.append(start_job("import_images", {**common, "paths": images,
-                                  "cleanup_dirs": [str(folder)]},
-                                  user=self.request.user,
-                                  title=f"Import {len(images)} image(s) into {collection}"))
+        for kind, uploads in groups.items():
+            if not uploads:
+                continue
+            # One folder per job: each job removes only its own files when it is done.
+            folder = settings.VAR_DIR / "uploads" / f"{batch}-{kind}"
+            folder.mkdir(parents=True)
+            paths, names = [], {}
+            for i, upload in enumerate(uploads):
+                target = folder / f"{i:04d}_{get_valid_filename(upload.name)}"
+                with open(target, "wb") as out:
+                    for chunk in upload.chunks():
+                        out.write(chunk)
+                paths.append(str(target))
+                names[str(target)] = upload.name
+            what = "video(s)" if kind == "import_videos" else "image(s)"
+            jobs.append(start_job(
+                kind,
+                {"collection_id": collection.pk, "paths": paths, "names": names,
+                 "cleanup_dirs": [str(folder)]},
+                user=self.request.user,
+                title=f"Import {len(paths)} {what} into {collection}",
+            ))
         messages.success(self.request, "Upload received; the import runs as a job below.")
         return redirect("jobs:detail", pk=jobs[0].pk)
