@@ -42,7 +42,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from urllib.parse import urlencode
@@ -90,12 +90,6 @@ ANCHOR_EVERY = 1000
 SHOT_PADDING_S = 2.0  # keyframes without a shot play this long around their moment
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# Columns a grid cell needs; everything else (video metadata JSON …) stays in the DB.
-_IMAGE_FIELDS = (
-    "id", "file", "thumbnail", "original_name", "video", "shot", "frame", "time_ms",
-    "video__id", "video__title", "video__file",
-    "shot__id", "shot__number", "shot__start_ms", "shot__end_ms",
-)
 
 
 class GridItem(TypedDict, total=False):
@@ -131,7 +125,8 @@ class GridSpec:
     empty_message: str = "Nothing to show here."
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Shallow on purpose: dataclasses.asdict deep-copies every item (slow for 100).
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         if data["save_next_url"] is None:
             data["save_next_url"] = self.page.get("next_url")
         return data
@@ -216,30 +211,56 @@ def image_item(
     links: _Links | None = None,
 ) -> GridItem:
     """The grid dict for one archive image (``image.video``/``image.shot`` preloaded)."""
-    links = links or _Links()
+    video = image.video if image.video_id else None
+    shot = image.shot if image.shot_id else None
+    row = {
+        "id": image.pk, "file": image.file, "thumbnail": image.thumbnail,
+        "original_name": image.original_name, "time_ms": image.time_ms,
+        "video_id": image.video_id,
+        "video__title": video.title if video else "", "video__file": video.file if video else "",
+        "shot_id": image.shot_id,
+        "shot__start_ms": shot.start_ms if shot else None,
+        "shot__end_ms": shot.end_ms if shot else None,
+    }
+    return _item(row, "", label, extra, links or _Links())
+
+
+# Columns of an image row a grid cell needs (``values()`` rows, no model instances:
+# building five model objects per cell cost more than the queries).
+_ROW_FIELDS = (
+    "id", "file", "thumbnail", "original_name", "time_ms", "video_id", "video__title",
+    "video__file", "shot_id", "shot__start_ms", "shot__end_ms",
+)
+
+
+def _item(row: dict, prefix: str, label: int | None, extra: str, links: _Links) -> GridItem:
+    """Build one cell from a ``values()`` row whose image columns start with ``prefix``."""
+    pk = row[prefix + "id"]
+    file = row[prefix + "file"]
     item: GridItem = {
-        "key": str(image.pk),
-        "thumb": media_url(image.thumbnail or image.file),
-        "full": media_url(image.file),
+        "key": str(pk),
+        "thumb": media_url(row[prefix + "thumbnail"] or file),
+        "full": media_url(file),
         "label": label,
     }
-    video = image.video if image.video_id else None
-    if video is not None:
-        item["caption"] = f"{video.title} · {_fmt_time(image.time_ms)}"
-        shot = image.shot if image.shot_id else None
-        if shot is not None:
-            start, end = shot.start_ms / 1000, shot.end_ms / 1000
+    video_id = row[prefix + "video_id"]
+    if video_id:
+        time_ms = row[prefix + "time_ms"]
+        item["caption"] = f"{row[prefix + 'video__title']} · {_fmt_time(time_ms)}"
+        if row[prefix + "shot_id"]:
+            start, end = row[prefix + "shot__start_ms"] / 1000, row[prefix + "shot__end_ms"] / 1000
         else:
-            moment = (image.time_ms or 0) / 1000
+            moment = (time_ms or 0) / 1000
             start, end = max(0.0, moment - SHOT_PADDING_S), moment + SHOT_PADDING_S
-        item["video"] = {"src": media_url(video.file), "start": start, "end": end}
-        item["link"] = links.video.format(video.pk)
+        item["video"] = {"src": media_url(row[prefix + "video__file"]), "start": start,
+                         "end": end}
+        item["link"] = links.video.format(video_id)
     else:
-        item["caption"] = image.original_name or f"Image {image.pk}"
+        item["caption"] = row[prefix + "original_name"] or f"Image {pk}"
     if extra:
         item["extra"] = extra
     if links.similar:
-        item["similar_url"] = f"{links.similar}?image={image.pk}"
+        item["similar_url"] = f"{links.similar}?image={pk}"
     return item
 
 
@@ -387,6 +408,8 @@ def _page_keys(
     deep page never drags joins and label subqueries through the skipped rows.
     """
     total, approximate = listing.total or _counted(listing.qs, listing.key)
+    if total == 0 and not approximate:
+        return [], 1, 0, False  # proven empty: do not scan for rows that cannot exist
     ordered = listing.qs.order_by(*listing.order)
     cursor = _parse_cursor(after, len(listing.order))
     if cursor is not None:
@@ -412,18 +435,25 @@ def _page_keys(
     return pks, number, total, approximate
 
 
-def _in_order(rows: QuerySet, pks: list[int]) -> list:
-    by_pk = {row.pk: row for row in rows.filter(pk__in=pks)}
-    return [by_pk[pk] for pk in pks if pk in by_pk]
+def _rows(qs: QuerySet, pks: list[int], per_page: int, order: tuple[str, ...],
+          *fields: str) -> tuple[list[dict], str | None]:
+    """The page's rows as dicts in key order (one query) and the "next" cursor.
 
-
-def _finish(
-    rows: list, pks: list[int], per_page: int, order: tuple[str, ...]
-) -> tuple[list, str | None]:
-    more = len(pks) > per_page
-    rows = rows[:per_page]
-    cursor = _cursor_text(_order_values(rows[-1], order)) if more and rows else None
-    return rows, cursor
+    ``pks`` carries one look-ahead key: when present there is a next page, and the
+    cursor is the sort key of the page's last row.
+    """
+    names = [name.lstrip("-") for name in order]
+    wanted = pks[:per_page]
+    columns = dict.fromkeys(("id", *names, *fields))
+    by_pk = {row["id"]: row for row in qs.filter(pk__in=wanted).values(*columns)}
+    rows = [by_pk[pk] for pk in wanted if pk in by_pk]
+    if len(pks) <= per_page or not rows:
+        return rows, None
+    last = rows[-1]
+    values = tuple(
+        _encode_ts(last[n]) if isinstance(last[n], datetime) else int(last[n]) for n in names
+    )
+    return rows, _cursor_text(values)
 
 
 def candidate_page(
@@ -451,21 +481,17 @@ def candidate_page(
     pks, number, total, approximate = _page_keys(
         listing, number=page, per_page=per_page, after=after
     )
-    rows_qs = (
-        Candidate.objects.select_related("image__video", "image__shot")
-        .only("id", "added_at", "score", "source", "image",
-              *(f"image__{f}" for f in _IMAGE_FIELDS))
-        .annotate(current=_label_subquery(category.pk, "image_id"))
-    )
-    rows, cursor = _finish(_in_order(rows_qs, pks[: per_page + 1]), pks, per_page, order)
+    rows_qs = Candidate.objects.annotate(current=_label_subquery(category.pk, "image_id"))
+    rows, cursor = _rows(rows_qs, pks, per_page, order, "score", "source", "current",
+                         *(f"image__{f}" for f in _ROW_FIELDS))
     links = _Links()
     items = []
-    for cand in rows:
+    for row in rows:
         extra = ""
-        if cand.score is not None:
-            what = "distance" if cand.source == Source.SIMILARITY else "score"
-            extra = f"{what} {cand.score:.3g}"
-        items.append(image_item(cand.image, cand.current, extra=extra, links=links))
+        if row["score"] is not None:
+            what = "distance" if row["source"] == Source.SIMILARITY else "score"
+            extra = f"{what} {row['score']:.3g}"
+        items.append(_item(row, "image__", row["current"], extra, links))
     return GridPage(items, number, per_page, total, approximate, cursor)
 
 
@@ -513,17 +539,15 @@ def review_page(
     pks, number, total_n, approximate = _page_keys(
         listing, number=page, per_page=per_page, after=after
     )
-    rows_qs = Annotation.objects.select_related("image__video", "image__shot", "user").only(
-        "id", "value", "updated_at", "source", "image", "user", "user__username",
-        *(f"image__{f}" for f in _IMAGE_FIELDS),
-    )
-    rows, cursor = _finish(_in_order(rows_qs, pks[: per_page + 1]), pks, per_page, order)
+    rows, cursor = _rows(Annotation.objects.all(), pks, per_page, order, "value", "source",
+                         "user__username", *(f"image__{f}" for f in _ROW_FIELDS))
     links = _Links()
+    sources = dict(Source.choices)
     items = []
-    for ann in rows:
-        who = ann.user.username if ann.user_id else "—"
-        extra = f"{who} · {ann.get_source_display().lower()}"
-        items.append(image_item(ann.image, ann.value, extra=extra, links=links))
+    for row in rows:
+        who = row["user__username"] or "—"
+        extra = f"{who} · {sources.get(row['source'], row['source']).lower()}"
+        items.append(_item(row, "image__", row["value"], extra, links))
     return GridPage(items, number, per_page, total_n, approximate, cursor)
 
 
@@ -556,14 +580,10 @@ def images_page(
     pks, number, total_n, approximate = _page_keys(
         listing, number=page, per_page=per_page, after=after
     )
-    rows_qs = (
-        Image.objects.select_related("video", "shot")
-        .only(*_IMAGE_FIELDS)
-        .annotate(current=_label_subquery(category.pk, "pk"))
-    )
-    rows, cursor = _finish(_in_order(rows_qs, pks[: per_page + 1]), pks, per_page, order)
+    rows_qs = Image.objects.annotate(current=_label_subquery(category.pk, "pk"))
+    rows, cursor = _rows(rows_qs, pks, per_page, order, "current", *_ROW_FIELDS)
     links = _Links()
-    items = [image_item(im, im.current, links=links) for im in rows]
+    items = [_item(row, "", row["current"], "", links) for row in rows]
     return GridPage(items, number, per_page, total_n, approximate, cursor)
 
 

@@ -37,6 +37,7 @@ class TrainConfig:
     init: str = "pretrained"
     device: str = "auto"  # "auto": the first CUDA GPU, else the CPU
     num_workers: int | None = None  # None: VIVA_TRAIN_NUM_WORKERS
+    cpu_threads: int | None = None  # torch intra-op threads; None: torch's default
     min_positives: int | None = None  # None: VIVA_TRAIN_MIN_POSITIVES
     val_positives: int = VAL_POSITIVES
     val_negative_fraction: float = VAL_NEGATIVE_FRACTION
@@ -91,6 +92,8 @@ class TrainConfig:
         need(self.init in INITS, f"init must be one of {', '.join(INITS)}.")
         need(self.num_workers is None or 0 <= self.num_workers <= 64,
              "num_workers must be between 0 and 64.")
+        need(self.cpu_threads is None or 1 <= self.cpu_threads <= 256,
+             "cpu_threads must be between 1 and 256.")
         need(self.min_positives is None or self.min_positives >= 2,
              "min_positives must be at least 2.")
         need(0 <= self.val_positives <= 10000, "val_positives out of range.")

@@ -30,7 +30,7 @@ resolved like this, deterministically:
 * the positive quota is at most 30 % of a concept's positives, but at least one when
   it has two (with the thesis' threshold of 100 this never binds; with a demo
   threshold of 20 it keeps 14 for training);
-* every concept draws from its own generator seeded with ``(seed, category id)``.
+* every concept draws from its own generator seeded with ``(seed, category id, pass)``.
 
 The split (image ids, seed, rule, per-concept counts) is stored with each model version.
 """

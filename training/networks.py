@@ -122,7 +122,11 @@ for _b, _size in _EFFICIENTNET_SIZES.items():
 register(NetworkSpec(
     name="efficientnet-tiny",
     build_backbone=_efficientnet(
-        "efficientnet-b0", width_coefficient=0.5, depth_coefficient=0.5, drop_connect_rate=0.0
+        "efficientnet-b0", width_coefficient=0.5, depth_coefficient=0.5, drop_connect_rate=0.0,
+        # TF's BN momentum (0.99 here ↔ 0.01 in PyTorch terms) leaves the running
+        # statistics near their initial values after the few hundred steps a tiny
+        # from-scratch run has, and evaluation then sees garbage.
+        batch_norm_momentum=0.9,
     ),
     default_image_size=64,
     pretrained=None,
@@ -173,12 +177,12 @@ class ConceptNet(nn.Module):
         return [self.head]
 
     def backbone_layers(self) -> list[nn.Module]:
-        """Leaf layers with weights that are not batch norm, input to output: the unit
-        of "the top ~20 layers" trained in phase 2 (6.3.5)."""
+        """Layers with weights of their own that are not batch norm, input to output: the
+        unit of "the top ~20 layers" trained in phase 2 (6.3.5). (efficientnet-pytorch's
+        same-padding convolutions hold a padding child, so "leaf" would miss them.)"""
         return [
             m for m in self.backbone.modules()
-            if not list(m.children())
-            and any(True for _ in m.parameters(recurse=False))
+            if any(True for _ in m.parameters(recurse=False))
             and not isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
 

@@ -334,6 +334,13 @@ class Trainer:
         self.resolved = resolve_weights(cfg.network, cfg.init)
         model = build_model(self.model_config)
         load_pretrained(model, self.resolved)
+        if self.resolved.source == "random":
+            # From scratch, running batch-norm statistics must follow the weights quickly;
+            # efficientnet-pytorch's TF momentum (0.01) would leave them near their initial
+            # values for hundreds of steps and spoil every evaluation.
+            for m in model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.momentum = max(m.momentum or 0.0, 0.1)
         self.log(f"Network {cfg.network} at {self.model_config['preprocessing']['image_size']} "
                  f"px; starting from {self.resolved.describe()}.")
         self.model = model.to(self.device)
@@ -554,4 +561,12 @@ def train(ctx, config: TrainConfig | dict) -> dict:
             config = TrainConfig.from_options(config)
         except ValueError as exc:
             raise TrainingError(str(exc)) from exc
-    return Trainer(ctx, config).run()
+    threads = torch.get_num_threads()
+    if config.cpu_threads:
+        # Small networks run faster on one thread (OpenMP barriers cost more than the
+        # work, especially on a busy machine); restored for the worker's next job.
+        torch.set_num_threads(config.cpu_threads)
+    try:
+        return Trainer(ctx, config).run()
+    finally:
+        torch.set_num_threads(threads)

@@ -156,6 +156,9 @@ VIVA_THUMB_SIZE = int(env("VIVA_THUMB_SIZE", "256"))
 # Jobs: a running job whose heartbeat is older than this is considered dead.
 VIVA_JOB_HEARTBEAT_TIMEOUT = int(env("VIVA_JOB_HEARTBEAT_TIMEOUT", "120"))
 
+# Similarity search backend for query-by-example (dotted path; None until an index exists).
+VIVA_SIMILARITY_BACKEND = env("VIVA_SIMILARITY_BACKEND") or None
+
 # Safe fetching: hosts allowed although private (tests only).
 VIVA_FETCH_ALLOW_HOSTS = env_list("VIVA_FETCH_ALLOW_HOSTS")
 

@@ -209,11 +209,15 @@ def import_image(
     try:
         written.append(copy_into_media(path, rel))
         written.append(write_thumbnail(picture, thumb_rel))
-        image = Image.objects.create(
-            collection=collection, file=rel, thumbnail=thumb_rel, sha256=sha,
-            width=picture.width, height=picture.height,
-            original_name=original_name or path.name,
-        )
+        with transaction.atomic():
+            image = Image.objects.create(
+                collection=collection, file=rel, thumbnail=thumb_rel, sha256=sha,
+                width=picture.width, height=picture.height,
+                original_name=original_name or path.name,
+            )
+    except IntegrityError:
+        # The same picture was stored by a concurrent import; its files are identical.
+        return "skipped", Image.objects.get(sha256=sha, video__isnull=True)
     except BaseException:
         remove_quietly(written)
         raise

@@ -103,8 +103,7 @@ class SyntheticTruth:
 
 @functools.cache
 def _base_image(name: str) -> np.ndarray:
-    """Load one bundled skimage image as RGB uint8 (cached: loading astronaut alone takes ~0.4
-    s)."""
+    """Load one bundled skimage image as RGB uint8 (cached: astronaut alone takes ~0.4 s)."""
     import skimage.data  # noqa: PLC0415 - heavy import, only needed here
 
     with warnings.catch_warnings():
@@ -123,8 +122,7 @@ def _base_image(name: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def variant_image(variant: int) -> np.ndarray:
-    """Return the RGB picture of a scene variant: a crop, optional mirror and colour cast of a base
-    image.
+    """The RGB picture of a scene variant: a crop, mirror and colour cast of a base image.
 
     Sub-variant 0 is the full image with a mild cast; the others crop different parts, mirror them
     and apply stronger casts, so neighbouring variants of the same base still look like different
@@ -289,12 +287,11 @@ def make_synthetic_video(
     """Write a synthetic video to ``path`` and return its ground truth.
 
     Without ``scenes``, :func:`random_scenes` draws ``n_scenes`` scenes from ``seed`` and
-    ``fade_every``.
-    ``noise`` is the standard deviation of the added sensor noise (grey levels). ``size`` is
-    (width, height); both must be even for yuv420p. ``preset`` is the x264 speed preset (superfast
-    keeps generation several times faster than real time and the files realistic: CABAC, B-frames).
-    ``frame_hook(index, rgb)`` may alter frames (tests use it to insert flashes); it must return an
-    array of the same shape.
+    ``fade_every``. ``noise`` is the standard deviation of the added sensor noise (grey levels).
+    ``size`` is (width, height); both must be even for yuv420p. ``preset`` is the x264 speed preset
+    (superfast keeps generation several times faster than real time and the files realistic: CABAC,
+    B-frames). ``frame_hook(index, rgb)`` may alter frames (tests use it to insert flashes); it must
+    return an array of the same shape.
     """
     width, height = size
     if width % 2 or height % 2:
@@ -306,9 +303,8 @@ def make_synthetic_video(
     if not scenes:
         raise ValueError("at least one scene is needed")
     rng = np.random.default_rng(seed + 7919)
-    # Noise as two saturating uint8 layers (add, then subtract): much cheaper per frame than
-    # float noise, and a small bank of layers shuffled per frame is indistinguishable from fresh
-    # noise.
+    # Noise as two saturating uint8 layers (add, then subtract): much cheaper per frame than float
+    # noise, and a small bank of layers drawn at random per frame looks like fresh noise.
     bank = 6
     pos = [
         np.clip(np.abs(rng.normal(0, noise, (height, width, 3))), 0, 255).astype(np.uint8)
@@ -339,7 +335,7 @@ def make_synthetic_video(
 
     try:
         prev: _SceneRenderer | None = None
-        for i, spec in enumerate(scenes):
+        for spec in scenes:  # the transition of the first scene is ignored: nothing precedes it
             cur = _SceneRenderer(spec, width, height)
             if prev is not None:
                 if spec.transition == "cut":
@@ -365,15 +361,16 @@ def make_synthetic_video(
                             shot_start = index
                         emit(mixed)
                     truth.fades.append((start, index - 1))
-            elif i == 0 and spec.transition != "cut":
-                pass  # the first scene has nothing to transition from
             for u in range(spec.n_frames):
                 emit(cur.frame(u))
             prev = cur
         for packet in stream.encode(None):
             container.mux(packet)
-    finally:
+    except BaseException:
         container.close()
+        os.remove(path)  # no half-written video is left behind
+        raise
+    container.close()
     truth.shots.append((shot_start, index - 1))
     truth.n_frames = index
     return truth

@@ -74,9 +74,8 @@ class Shot(models.Model):
 class Image(models.Model):
     """A keyframe of a video or a still image; the unit that gets labelled and searched.
 
-    Keyframes are unique per (video, frame); other images are deduplicated by sha256
-    by the code that acquires them (identical keyframes of different videos stay apart
-    because they point at different moments of the archive).
+    Keyframes are unique per (video, frame); stills are unique by sha256 (identical
+    keyframes of different videos stay apart: they are different moments of the archive).
     """
 
     collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="images")
@@ -103,7 +102,13 @@ class Image(models.Model):
                 fields=["video", "frame"],
                 condition=models.Q(video__isnull=False),
                 name="image_unique_keyframe",
-            )
+            ),
+            # Stills are one row per content: two downloads of the same picture meet here.
+            models.UniqueConstraint(
+                fields=["sha256"],
+                condition=models.Q(video__isnull=True),
+                name="image_unique_still",
+            ),
         ]
 
     def __str__(self) -> str:
