@@ -19,7 +19,7 @@ from skimage import data as skdata
 from annotation.labels import save_labels
 from annotation.models import Annotation, AnnotationEvent, Category
 from tests.fixtures_browser import login, screenshot
-from tests.test_grid_views import add_candidates
+from tests.test_grid_views import _grid_cache, add_candidates  # noqa: F401 (autouse fixture)
 from viva.ingest.importer import import_image
 from viva.media import write_jpeg, write_thumbnail
 from viva.models import Collection, Image, Profile, Shot, Video
@@ -65,7 +65,7 @@ def shot_video(media_root: Path) -> tuple[Video, list[Image]]:
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libvpx", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for shot, colour in enumerate(colours):
+        for colour in colours:
             for k in range(2 * fps):
                 frame = np.zeros((height, width, 3), dtype="uint8")
                 frame[:] = colour
@@ -214,6 +214,9 @@ def test_correct_one_label_in_review(page, live_server, setup):
     login(page, live_server, annotator)
     page.goto(live_server.url + reverse("annotation:categories"))
     page.click(f"tr[data-category='{category.pk}'] button:has-text('Select')")
+    row = page.locator(f"tr[data-category='{category.pk}']")
+    assert row.locator("td.num").all_inner_texts() == ["5", "0", "0", "5"]
+    screenshot(page, "grid-categories")
     page.goto(live_server.url + reverse("annotation:review") + "?value=positive")
     page.wait_for_selector("#vgrid.ready")
     assert page.inner_text(".selected-name") == "Brandenburg Gate"
@@ -255,6 +258,7 @@ def test_shortcut_overlay_viewer_and_unsaved_warning(page, live_server, setup):
     assert full.startswith("/media/images/")
     page.keyboard.press("1")
     assert viewer.get_attribute("data-label") == "pos"
+    page.wait_for_function("document.querySelector('.vgrid-viewer img').naturalWidth > 0")
     screenshot(page, "grid-viewer")
     page.keyboard.press("Escape")
     assert not viewer.is_visible()

@@ -8,7 +8,7 @@ from django.urls import reverse
 from annotation.labels import save_labels
 from annotation.models import AnnotationEvent, Candidate, Category
 from annotation.selection import SESSION_KEY
-from tests.test_grid_views import add_candidates, make_stills, select
+from tests.test_grid_views import _grid_cache, add_candidates, make_stills, select  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture

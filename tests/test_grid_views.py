@@ -108,6 +108,18 @@ def set_size(user, rows: int, cols: int) -> None:
     Profile.objects.update_or_create(user=user, defaults={"grid_rows": rows, "grid_cols": cols})
 
 
+@pytest.fixture(autouse=True)
+def _grid_cache(settings):
+    """Exact counts in tests (a busy machine must not make a count "slow", hence cached)
+    and no cached counts or anchors leaking from one test's category ids to the next."""
+    from django.core.cache import cache
+
+    settings.VIVA_GRID_SLOW_COUNT_SECONDS = 3600
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def media(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
@@ -449,3 +461,20 @@ def test_deep_pages_through_anchors_match_offset(concept, media, monkeypatch):
             assert page.total == 16
     # Unfiltered "unlabelled" counts without an anti-join: all images minus labelled ones.
     assert archive_page(concept, unlabelled_only=True, per_page=5).total == 16
+
+
+def test_slow_counts_are_cached_and_marked_approximate(client_for, concept, media, settings):
+    settings.VIVA_GRID_SLOW_COUNT_SECONDS = 0  # every count counts as slow
+    images = make_stills(4, media / "src")
+    add_candidates(concept, images[:2])
+    client = client_for("annotator")
+    select(client, concept)
+    first = grid_of(client.get(reverse("annotation:label") + "?tab=all"))
+    assert first["page"]["total"] == 2 and first["page"]["approximate"] is False
+    add_candidates(concept, images[2:])
+    response = client.get(reverse("annotation:label") + "?tab=all")
+    again = grid_of(response)
+    # The cached count lags (for at most VIVA_GRID_CACHE_SECONDS) and says so …
+    assert again["page"]["total"] == 2 and again["page"]["approximate"] is True
+    # … but the rows are always current, and the page count follows the look-ahead row.
+    assert len(again["items"]) == 4

@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation.models import Annotation, AnnotationEvent, Category, Source
-from tests.test_grid_views import add_candidates, grid_of, make_stills, select
+from tests.test_grid_views import _grid_cache, add_candidates, grid_of, make_stills, select  # noqa: F401 (autouse fixture)
 from viva.models import Image, Profile
 
 SAVE = "annotation:save_labels"

@@ -253,8 +253,10 @@ class Trainer:
     def log(self, message: str) -> None:
         self.ctx.log(message)
 
-    def note_failed(self, failed: list[tuple[int, str]]) -> None:
-        for index, message in failed:
+    def note_failed(self, failed: list[tuple[int, str]], subset: np.ndarray) -> None:
+        """Log each unreadable image once; ``failed`` holds positions in ``subset``."""
+        for position, message in failed:
+            index = int(subset[position])
             if index not in self.failed:
                 self.failed[index] = message
                 image_id = int(self.matrix.image_ids[index])
@@ -428,7 +430,7 @@ class Trainer:
                 self.model, self.train_loader, optimizer, self.loss_fn, self.device,
                 scaler=scaler, on_step=on_step,
             )
-            self.note_failed(stats.failed)
+            self.note_failed(stats.failed, self.train_idx)
             self.progress = base + self.steps_per_epoch
             indices, logits = self.validate_scores()
             targets = self.matrix.targets[self.val_idx][indices]
@@ -473,7 +475,8 @@ class Trainer:
 
     def validate_scores(self) -> tuple[np.ndarray, np.ndarray]:
         indices, logits = predict_loader(
-            self.model, self.val_loader, self.device, amp=self.amp, on_failed=self.note_failed
+            self.model, self.val_loader, self.device, amp=self.amp,
+            on_failed=lambda failed: self.note_failed(failed, self.val_idx),
         )
         return indices, logits
 

@@ -14,7 +14,8 @@ from .ingest.importer import (
     import_image,
     import_video,
 )
-from .jobs import JobContext, JobError, job_handler
+from .ingest.shots import DetectionCancelled
+from .jobs import JobCancelled, JobContext, JobError, job_handler
 from .models import Collection
 
 STEPS_PER_FILE = 1000
@@ -55,8 +56,10 @@ def import_videos_job(ctx: JobContext) -> dict:
         try:
             status, video = import_video(
                 path, collection, original_name=label, on_progress=on_progress,
-                should_stop=lambda: ctx._cancel_seen,
+                should_stop=lambda: ctx.cancel_requested,
             )
+        except DetectionCancelled:
+            raise JobCancelled() from None
         except ImportFailed as exc:
             report.errors.append({"file": label, "error": str(exc)})
             ctx.log(f"{label}: failed: {exc}")

@@ -287,9 +287,12 @@
     banner.appendChild(el("span", { class: "vgrid-banner-text", text: message }));
     if (withRetry) banner.appendChild(el("button", { type: "button", class: "small primary vgrid-retry", onclick: () => save(false), text: "Retry" }));
     banner.appendChild(el("button", { type: "button", class: "small vgrid-dismiss", onclick: hideBanner, text: "Dismiss" }));
+    fit();
   }
   function hideBanner() {
+    if (banner.hidden) return;
     banner.hidden = true;
+    fit();
   }
   let flashTimer = null;
   function flash(text) {

@@ -36,7 +36,14 @@ class TrainForm(forms.Form):
     pressing "Start training" without opening the fold is the recommended run; values are
     checked again by :class:`training.config.TrainConfig` inside ``start_training``."""
 
-    device = forms.ChoiceField(widget=forms.RadioSelect)
+    device = forms.ChoiceField(
+        widget=forms.RadioSelect,
+        error_messages={
+            "invalid_choice": "The device %(value)s is not available (any more); choose "
+                              "another one from the list.",
+            "required": "Choose a device.",
+        },
+    )
     network = forms.ChoiceField(label="Backbone", initial=DEFAULTS.network)
     init = forms.ChoiceField(label="Start from", choices=INIT_CHOICES, initial=DEFAULTS.init)
     image_size = forms.IntegerField(

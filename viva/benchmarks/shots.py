@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--videos", type=int, default=4, help="number of files the footage is split into"
     )
     parser.add_argument(
-        "--repeat", type=int, default=2, help="timed runs per detector and video; fastest counts"
+        "--repeat", type=int, default=3, help="timed runs per detector and video; fastest counts"
     )
 
 
@@ -142,7 +142,7 @@ def run(**options: Any) -> dict[str, Any]:
     minutes = float(options.get("minutes") or 3.5)
     seed = int(options.get("seed") or 0)
     n_videos = max(1, int(options.get("videos") or 4))
-    repeat = max(1, int(options.get("repeat") or 2))
+    repeat = max(1, int(options.get("repeat") or 3))
     seconds_each = minutes * 60 / n_videos
 
     detectors: dict[str, Callable[[Path], list[int]]] = {

@@ -91,6 +91,11 @@ class JobContext:
         Job.objects.filter(pk=self.job_id).update(device=device)
 
     # --- cancellation ---------------------------------------------------------------
+    @property
+    def cancel_requested(self) -> bool:
+        """What the last flush learned; for code that polls instead of calling progress."""
+        return self._cancel_seen
+
     def check_cancelled(self) -> None:
         """An explicit cancellation point (always asks the database)."""
         self.flush()
