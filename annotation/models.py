@@ -84,14 +84,13 @@ class Annotation(models.Model):
             ),
         ]
         indexes = [
-            # Review pages: newest first per (category, value).
-            models.Index(fields=["category", "value", "-updated_at"], name="annotation_review"),
-            # The grid's review pages and label counts (annotation/grid.py): image-level
-            # labels only, in page order (time DESC, id ASC), so a page, a deep OFFSET
-            # and the counts are index-only scans even with millions of labels.
+            # Review pages, label counts, "positives of a category": image-level labels
+            # per (category, value), newest first, in the grid's page order (time DESC,
+            # id ASC), so pages, deep OFFSETs and counts are index-only scans even with
+            # millions of labels (annotation/grid.py). Queries must say face IS NULL.
             models.Index(
                 fields=["category", "value", "-updated_at", "id"],
-                name="annotation_review_image",
+                name="annotation_review",
                 condition=models.Q(face__isnull=True),
             ),
             models.Index(fields=["image", "category"], name="annotation_image"),

@@ -21,12 +21,7 @@ from training.synthetic import make_shapes_archive
 from viva.models import Job
 from viva.models.users import Role
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.worker,
-    pytest.mark.slow,
-    pytest.mark.django_db(transaction=True),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 THRESHOLD = 20
 RUN_TIMEOUT_S = 240
@@ -85,6 +80,8 @@ def progress_percent(page) -> float:
         "aria-valuenow") or 0)
 
 
+@pytest.mark.worker
+@pytest.mark.slow
 def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
     archive = make_shapes_archive(40, seed=5, size=(96, 72))
     categories = list(archive["categories"].values())
@@ -116,6 +113,7 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
         "() => Chart.getChart(document.getElementById('overview-chart')).data.labels")
     assert labels == names
     page.select_option("#overview-sort", "positives")
+    page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "training-overview")
 
     # --- the train page: start through the advanced fold ------------------------------------
@@ -197,8 +195,112 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator(f"tr[data-version='{v1.version}'] button", has_text="Activate").click()
     page.wait_for_load_state()
-    assert "v1 is now the active model" in page.locator(".messages").inner_text()
+    assert "v1 is now the active concept model" in page.locator(".messages").inner_text()
     v1.refresh_from_db()
     assert v1.is_active
     screenshot(page, "training-models")
+    assert page.viva_errors == [], page.viva_errors
+
+
+@pytest.fixture
+def many_concepts(settings, tmp_path):
+    """30 concepts with very different label counts and two registry versions, as after
+    a few months of labelling (no worker: the rows are written directly)."""
+    from django.utils import timezone
+
+    from annotation.models import Annotation, Category
+    from viva.models import Collection, Image
+
+    settings.VIVA_MODELS_DIR = tmp_path / "models"
+    settings.VIVA_TRAIN_MIN_POSITIVES = 100
+    rng = np.random.default_rng(11)
+    collection = Collection.objects.create(name="many")
+    images = Image.objects.bulk_create(
+        Image(collection=collection, file=f"m/{i}.jpg", sha256=f"m{i}", width=8, height=8)
+        for i in range(400)
+    )
+    names = ["bakery (inside)", "Brandenburg Gate", "jeans", "choir", "tractor", "harbour",
+             "parade", "kindergarten", "television studio", "steel works", "football",
+             "ballet", "railway station", "lecture hall", "swimming pool", "portrait",
+             "wedding", "demonstration", "car factory", "forest", "beach", "snow", "night",
+             "crowd", "newsreader", "map", "orchestra", "ship", "aircraft", "library"]
+    categories, now, rows = [], timezone.now(), []
+    for k, name in enumerate(names):
+        c = Category.objects.create(name=name)
+        categories.append(c)
+        n_pos = int(rng.integers(20, 220)) if k % 4 else int(rng.integers(5, 90))
+        chosen = rng.permutation(len(images))
+        values = [1] * min(n_pos, 300) + [-1] * int(rng.integers(10, 90)) + [0] * int(
+            rng.integers(0, 10))
+        rows += [Annotation(image=images[int(i)], category=c, value=v, updated_at=now)
+                 for i, v in zip(chosen, values, strict=False)]
+    Annotation.objects.bulk_create(rows)
+    trained = categories[:24]
+    v1 = _version_with_aps(trained[:20], rng, 0.55)
+    v2 = _version_with_aps(trained, rng, 0.7)
+    return {"categories": categories, "v1": v1, "v2": v2}
+
+
+def _version_with_aps(categories, rng, level: float) -> ModelVersion:
+    """A version whose per-concept scores are noisy around ``level`` of separation."""
+    n = 80
+    targets = rng.choice([POS, NEG, WEAK], size=(n, len(categories)), p=[0.3, 0.3, 0.4])
+    targets[0] = POS
+    strength = rng.uniform(level, level + 2.5, size=len(categories))
+    logits = rng.normal(size=targets.shape) + strength * (targets == POS)
+    mean_ap, evaluations = evaluate(targets.astype(np.int8), logits.astype(np.float32),
+                                    [c.pk for c in categories], [c.name for c in categories])
+    config = network_config("tiny-cnn", len(categories))
+    from training.registry import active_version
+
+    return save_version(
+        state_dict=build_model(config).state_dict(), config=config,
+        class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(categories)],
+        split={"seed": 1, "val_image_ids": [], "train_image_ids": [], "concepts": []},
+        metrics={"mAP": mean_ap}, evaluations=evaluations, train_config={"loss_preset": "C"},
+        weights_source={"source": "file", "description": "ImageNet weights efficientnet-b3 "
+                        "from var/weights/efficientnet-b3.pth (local file)"},
+        previous=active_version("concept"),
+    )
+
+
+def test_many_concepts_overview_and_evaluation(page, live_server, many_concepts):
+    """Horizontal bars when there are many concepts; sorting moves chart and table."""
+    trainer = make_user("theo", Role.TRAINER)
+    login(page, live_server, trainer)
+    page.goto(live_server.url + reverse("training:overview"))
+    page.wait_for_function("() => Chart.getChart(document.getElementById('overview-chart'))")
+    chart = "Chart.getChart(document.getElementById('overview-chart'))"
+    assert page.evaluate(f"() => {chart}.options.indexAxis") == "y"
+    below = page.locator("#overview-table tr.below").count()
+    assert below == sum(
+        1 for row in page.locator("#overview-table tbody tr").evaluate_all(
+            "rows => rows.map(r => +r.dataset.positives)") if row < 100)
+    page.locator("#overview-table th[data-sort=negatives]").click()
+    negatives = page.evaluate(f"() => {chart}.data.datasets[1].data")
+    assert negatives == sorted(negatives, reverse=True)
+    page.select_option("#overview-sort", "positives")
+    page.evaluate("window.scrollTo(0, 0)")
+    screenshot(page, "training-overview-many")
+
+    v2 = many_concepts["v2"]
+    page.goto(live_server.url + reverse("training:evaluation"))
+    assert page.locator("#eval-table tbody tr").count() == 24
+    chart = "Chart.getChart(document.getElementById('eval-chart'))"
+    assert page.evaluate(f"() => {chart}.options.indexAxis") == "y"
+    assert page.get_by_test_id("mean-ap").inner_text() == f"{100 * v2.mean_ap:.1f} %"
+    page.locator("#eval-table th[data-sort=name]").click()
+    labels = page.evaluate(f"() => {chart}.data.labels")
+    assert labels == sorted(labels, key=str.lower)
+    page.locator("#eval-table th[data-sort=diff]").click()
+    # Concepts the previous version did not know have no difference: listed last.
+    diffs = page.locator("#eval-table tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.diff)")
+    known = [float(d) for d in diffs if d]
+    assert known == sorted(known, reverse=True) and diffs[-4:] == ["", "", "", ""]
+    page.locator("#eval-table tbody tr", has_text="Brandenburg Gate").click()
+    assert page.locator("#pr-title").inner_text() == "Brandenburg Gate"
+    screenshot(page, "training-evaluation-many")
+    page.goto(live_server.url + reverse("training:models"))
+    screenshot(page, "training-models-many")
     assert page.viva_errors == [], page.viva_errors

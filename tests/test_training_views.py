@@ -156,7 +156,7 @@ def test_train_page_lists_devices_options_and_presets(client_for, settings):
     response = client_for("trainer").get(reverse("training:train"))
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'name="device" value="cpu"' in html and "CPU ·" in html
+    assert 'name="device" value="cpu"' in html and 'class="device-name">CPU (' in html
     assert "1 of 2 concepts" in html
     for field in ("network", "init", "image_size", "batch_size", "epochs_phase1",
                   "epochs_phase2", "min_positives"):
@@ -168,6 +168,27 @@ def test_train_page_lists_devices_options_and_presets(client_for, settings):
     assert "α<sub>pos</sub> 0.8 · α<sub>neg</sub> 0.8 · α<sub>weak</sub> 0.2" in html
     assert "α<sub>pos</sub> 0.8 · α<sub>neg</sub> 0.1 · α<sub>weak</sub> 0.1" in html
     assert "No training run yet" in html
+
+
+def test_train_page_lists_each_gpu_with_free_memory(client_for, monkeypatch):
+    """Rendered as on a machine with two CUDA GPUs (one nearly full) and the CPU."""
+    from training import devices
+
+    def gpu(index: int, name: str, free_gib: float) -> dict:
+        return {"id": f"cuda:{index}", "type": "cuda", "name": name,
+                "free_bytes": int(free_gib * 2**30), "total_bytes": 80 * 2**30}
+
+    monkeypatch.setattr(devices, "_local_devices", lambda: [
+        gpu(0, "NVIDIA H100 80GB HBM3", 1.5), gpu(1, "NVIDIA H100 80GB HBM3", 77.25),
+        {"id": "cpu", "type": "cpu", "name": "CPU (16 cores)", "free_bytes": None,
+         "total_bytes": None}])
+    html = client_for("trainer").get(reverse("training:train")).content.decode()
+    assert html.count("GPU · NVIDIA H100 80GB HBM3") == 2
+    assert "1.5 GiB GPU memory free of 80.0 GiB" in html
+    assert "77.2 GiB GPU memory free of 80.0 GiB" in html
+    assert "less than 3 GiB free" in html and "memory unknown" in html
+    # The default choice is the first GPU with room, not the nearly full one.
+    assert 'value="cuda:1" checked' in html and 'value="cuda:0" checked' not in html
 
 
 def _start(client, **options):
@@ -293,7 +314,7 @@ def test_models_page_and_activation(client_for, models_dir):
     v2.refresh_from_db()
     assert v1.is_active and not v2.is_active
     html = client.get(reverse("training:models")).content.decode()
-    assert "Concepts v1 is now the active model" in html
+    assert "v1 is now the active concept model" in html
 
 
 def test_activation_of_version_without_files_is_refused(client_for, models_dir):

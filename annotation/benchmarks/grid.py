@@ -6,10 +6,12 @@ PLACEHOLDER — loader under construction.
 from __future__ import annotations
 
 import argparse
-import random
-import re
+import hashlib
 import json
 import math
+import os
+import random
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -111,22 +113,40 @@ def ensure_database(conn) -> None:
 
 
 def read_meta(conn) -> dict:
+    """What the bench database was built with: ``{"params": …, "migrations": …}``."""
     with conn.cursor() as cursor:
         try:
-            cursor.execute("SELECT v FROM bench_grid_meta WHERE k = 'params'")
-            row = cursor.fetchone()
+            cursor.execute("SELECT k, v FROM bench_grid_meta")
+            rows = cursor.fetchall()
         except Exception:  # noqa: BLE001 - no table yet: an empty or foreign database
             return {}
-    return json.loads(row[0]) if row else {}
+    return {k: json.loads(v) for k, v in rows}
 
 
-def write_meta(conn, params: dict) -> None:
+def write_meta(conn, meta: dict) -> None:
     with conn.cursor() as cursor:
-        cursor.execute("CREATE TABLE IF NOT EXISTS bench_grid_meta (k varchar(50) PRIMARY KEY, v text)")
-        cursor.execute("DELETE FROM bench_grid_meta")
         cursor.execute(
-            "INSERT INTO bench_grid_meta (k, v) VALUES ('params', %s)", [json.dumps(params)]
+            "CREATE TABLE IF NOT EXISTS bench_grid_meta (k varchar(50) PRIMARY KEY, v text)"
         )
+        cursor.execute("DELETE FROM bench_grid_meta")
+        for key, value in meta.items():
+            cursor.execute(
+                "INSERT INTO bench_grid_meta (k, v) VALUES (%s, %s)", [key, json.dumps(value)]
+            )
+
+
+def migration_files() -> dict[str, str]:
+    """``{"app.migration": content hash}`` of every migration on disk."""
+    from django.db.migrations.loader import MigrationLoader
+
+    loader = MigrationLoader(None, ignore_no_migrations=True)
+    out = {}
+    for (app, name), migration in sorted(loader.disk_migrations.items()):
+        source = Path(sys.modules[migration.__module__].__file__ or "")
+        data = source.read_bytes() if source.is_file() else b""
+        digest = hashlib.sha1(data, usedforsecurity=False)
+        out[f"{app}.{name}"] = digest.hexdigest()[:16]
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -178,7 +198,8 @@ class Dialect:
         """``INSERT INTO table (columns) SELECT select FROM <g in 0..n-1>``."""
         if self.sqlite:
             return (
-                f"WITH RECURSIVE s(g) AS (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g < {n - 1}) "
+                "WITH RECURSIVE s(g) AS"
+                f" (SELECT 0 UNION ALL SELECT g + 1 FROM s WHERE g < {n - 1}) "
                 f"INSERT INTO {table} ({columns}) SELECT {select} FROM s"
             )
         return (
@@ -412,16 +433,28 @@ def build(conn, params: dict, quiet: bool = False) -> dict[str, float]:
 
 
 def prepare(params: dict, rebuild: bool, quiet: bool) -> dict:
-    """Open (building if needed) the bench database on the default connection."""
+    """Open (building if needed) the bench database on the default connection.
+
+    A cached database is reused when it was built with the same parameters and every
+    migration it applied is still on disk unchanged; new migrations are applied to it
+    (as they would be to a production database). Otherwise it is rebuilt.
+    """
     from django.core.management import call_command
 
+    say = (lambda msg: None) if quiet else log
     conn = connections[DEFAULT_DB_ALIAS]
     if rebuild:
         drop_database(conn)
     ensure_database(conn)
-    built: dict[str, Any] = {"cached": True}
-    if read_meta(conn) != params:
-        say = (lambda msg: None) if quiet else log
+    meta = read_meta(conn)
+    migrations = migration_files()
+    applied = meta.get("migrations") or {}
+    reusable = (
+        meta.get("params") == params
+        and applied
+        and all(migrations.get(name) == digest for name, digest in applied.items())
+    )
+    if not reusable:
         say(f"building {conn.settings_dict['NAME']} …")
         drop_database(conn)
         ensure_database(conn)
@@ -431,14 +464,16 @@ def prepare(params: dict, rebuild: bool, quiet: bool) -> dict:
         timings = build(conn, params, quiet)
         timings["migrate"] = migrate_s
         conn.close()
-        write_meta(conn, params)
-        built = {"cached": False, "load_s": round(sum(timings.values()), 1),
-                 "load_steps_s": {k: round(v, 1) for k, v in timings.items()}}
-        say(f"built in {built['load_s']} s: {built['load_steps_s']}")
-    else:
-        # Pick up migrations added since the database was built (new indexes, …).
-        call_command("migrate", verbosity=0, interactive=False)
-    return built
+        write_meta(conn, {"params": params, "migrations": migrations})
+        built = {"cached": False, "build_s": round(sum(timings.values()), 1),
+                 "build_steps_s": {k: round(v, 1) for k, v in timings.items()}}
+        say(f"built in {built['build_s']} s: {built['build_steps_s']}")
+        return built
+    t0 = time.perf_counter()
+    call_command("migrate", verbosity=0, interactive=False)
+    if applied != migrations:
+        write_meta(conn, {"params": params, "migrations": migrations})
+    return {"cached": True, "migrate_s": round(time.perf_counter() - t0, 1)}
 
 
 # --------------------------------------------------------------------------------------
@@ -643,7 +678,9 @@ class Client:
         )
         elapsed = time.perf_counter() - t0
         if response.status_code != 200:
-            raise RuntimeError(f"POST {url}: HTTP {response.status_code} {response.content[:300]!r}")
+            raise RuntimeError(
+                f"POST {url}: HTTP {response.status_code} {response.content[:300]!r}"
+            )
         return elapsed, response
 
     def queries(self, method: str, url: str, **kwargs) -> int:
@@ -790,13 +827,17 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
         "label_archive_unlabelled": f"{label}?tab=archive&unlabelled=1",
         "review_positive": f"{review}?value=positive",
     }
+    say = (lambda msg: None) if options["quiet"] else log
     variants: dict[str, dict] = {}
     for name, next_url in ours.items():
         variants[name] = time_pages(client, next_url, samples=samples, warmup=warmup,
                                     per_page=per_page)
+        say(f"{name}: {variants[name]}")
+    cold_samples = max(1, min(samples, options["cold_samples"]))
     for name, next_url in cold.items():
-        variants[name] = time_pages(client, next_url, samples=samples, warmup=min(warmup, 2),
-                                    per_page=per_page, cold=True)
+        variants[name] = time_pages(client, next_url, samples=cold_samples,
+                                    warmup=min(warmup, 1), per_page=per_page, cold=True)
+        say(f"{name}: {variants[name]}")
 
     # Queries per page: constant whatever the page size (≤ 15), counted with a cold cache.
     from django.core.cache import cache
@@ -812,6 +853,7 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
     # Saving 100 labels.
     save_stats, save_totals = time_saves(client, save, client.category.pk, n_images, rng,
                                          samples=samples, warmup=warmup)
+    say(f"save: {save_stats} {save_totals}")
     save_queries = client.queries(
         "post", save, data=json.dumps(save_payload(client.category.pk, n_images, rng)),
         content_type="application/json", HTTP_X_CSRFTOKEN=client.csrf,
@@ -832,6 +874,7 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
             }.items():
                 baseline[name] = time_pages(client, next_url, samples=b_samples,
                                             warmup=min(warmup, 3), per_page=per_page)
+                say(f"baseline {name}: {baseline[name]}")
             cache.clear()
             baseline_queries = client.queries("get", naive_label)
 
@@ -881,6 +924,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run ANALYZE on SQLite after loading (PostgreSQL always does)")
     parser.add_argument("--samples", type=int, default=100, help="timed requests per variant")
     parser.add_argument("--baseline-samples", type=int, default=50)
+    parser.add_argument("--cold-samples", type=int, default=20,
+                        help="timed requests per cold-cache variant (each pays its counts)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baseline", action="store_true")
@@ -888,33 +933,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-keep", dest="keep", action="store_false",
                         help="delete the bench database afterwards")
     parser.add_argument("--db-dir", default=None, help="folder of the SQLite bench databases")
+    parser.add_argument("--persistent", action="store_true",
+                        help="keep the connection between requests (CONN_MAX_AGE > 0); "
+                        "default: as configured (SQLite: a connection per request)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
+BENCH_CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+        "LOCATION": "viva-bench-grid",
+    }
+}
+
+
 def run(**options: Any) -> dict[str, Any]:
+    """Build or reuse the bench database, measure, return the result (DESIGN.md 7)."""
+    from django.contrib.contenttypes.models import ContentType
+    from django.core.cache import cache
+    from django.test.utils import override_settings
+
     params = {
         "layout": LAYOUT,
         "images": options["images"],
         "annotations": options["annotations"],
         "categories": options["categories"],
-        "candidates": options["candidates"],
+        "candidates": min(options["candidates"], options["images"]),
         "events": options["events"],
         "analyze": options["analyze"],
     }
     if params["images"] < 1 or params["categories"] < 1:
         raise SystemExit("bench grid needs at least one image and one category.")
     overrides = bench_settings(params["images"], params["annotations"], options.get("db_dir"))
+    if options["persistent"]:
+        overrides["CONN_MAX_AGE"] = 600
     started = time.perf_counter()
-    with use_database(overrides) as conn:
+    load_before = _loadavg()
+    # A private cache: the grid caches counts by category id, and those of the bench
+    # database must neither leak into nor come from the application's cache.
+    with use_database(overrides) as conn, override_settings(CACHES=BENCH_CACHES):
         try:
             built = prepare(params, options["rebuild"], options["quiet"])
             if not options["quiet"]:
                 log("measuring …")
             measured = measure(options, params)
         finally:
+            cache.clear()
+            ContentType.objects.clear_cache()  # ids of the bench database
             if not options["keep"]:
                 drop_database(conn)
         vendor = conn.vendor
+        connection_per_request = not conn.settings_dict.get("CONN_MAX_AGE")
     return {
         "name": NAME,
         "images": params["images"],
@@ -923,6 +992,8 @@ def run(**options: Any) -> dict[str, Any]:
         "page_p95_ms": measured.pop("page_p95_ms"),
         "save_p95_ms": measured.pop("save_p95_ms"),
         "page_queries": measured.pop("page_queries"),
+        # ours / baseline / ratio: the same page (label page, archive tab, random page
+        # numbers), p95 in ms; ratio = baseline / ours (> 1: ours is faster).
         "ours": measured["variants"]["label_archive_deep"]["p95_ms"],
         "baseline": measured.get("baseline_page_p95_ms"),
         **measured,
@@ -931,6 +1002,17 @@ def run(**options: Any) -> dict[str, Any]:
         "categories": params["categories"],
         "candidates": params["candidates"],
         "events": params["annotations"] if params["events"] else 0,
+        "connection_per_request": connection_per_request,
         **built,
         "seconds": round(time.perf_counter() - started, 1),
+        # Other processes share the machine: the 1-minute load before and after.
+        "loadavg": [load_before, _loadavg()],
+        "cpus": os.cpu_count(),
     }
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None

@@ -47,23 +47,25 @@ def safe_next(request: HttpRequest, fallback: str) -> str:
 
 
 def label_counts(categories: list[Category]) -> dict[int, dict[int, int]]:
-    """Positive/negative/neutral counts of many categories in ONE grouped query.
+    """Positive/negative/neutral counts of many categories, not one query per row.
 
-    ``GROUP BY category, value`` over the ``annotation_review`` index (category, value, …)
-    — an index-only scan, instead of one count per row and value.
+    Two grouped queries: image-level labels ``GROUP BY category, value`` over the
+    partial ``annotation_review`` index (an index-only scan), and face-level labels
+    (persons) over ``annotation_unique_face``.
     """
     ids = [c.pk for c in categories]
     counts: dict[int, dict[int, int]] = {pk: {} for pk in ids}
     if not ids:
         return counts
-    rows = (
-        Annotation.objects.filter(category_id__in=ids)
-        .values_list("category_id", "value")
-        .annotate(n=Count("id"))
-        .order_by()
-    )
-    for category_id, value, n in rows:
-        counts[category_id][value] = n
+    for faces in (False, True):
+        rows = (
+            Annotation.objects.filter(category_id__in=ids, face__isnull=not faces)
+            .values_list("category_id", "value")
+            .annotate(n=Count("id"))
+            .order_by()
+        )
+        for category_id, value, n in rows:
+            counts[category_id][value] = counts[category_id].get(value, 0) + n
     return counts
 
 

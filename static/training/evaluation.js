@@ -54,7 +54,7 @@
         animation: false, maintainAspectRatio: false, parsing: false,
         scales: {
           x: { type: 'linear', min: 0, max: 1, title: { display: true, text: 'recall' } },
-          y: { min: 0, max: 1.02, title: { display: true, text: 'precision' }, ticks: { callback: (v) => (v > 1 ? '' : v) } },
+          y: { min: 0, max: 1, title: { display: true, text: 'precision' } },
         },
         plugins: {
           legend: { position: 'bottom', labels: { boxWidth: 12, boxHeight: 2 } },
@@ -72,10 +72,10 @@
       prTitle.textContent = name;
       const fmt = (v) => (v == null ? '—' : (100 * v).toFixed(1) + ' %');
       const sets = [{ label: newLabel + ' (AP ' + fmt(c.ap) + ')', data: curve(c.new), borderColor: COLORS.newBar,
-        backgroundColor: COLORS.newBar, borderWidth: 2, pointRadius: 0, stepped: 'after' }];
+        backgroundColor: COLORS.newBar, borderWidth: 2, pointRadius: 0, stepped: 'after', clip: 6 }];
       if (oldLabel && c.old) {
         sets.push({ label: oldLabel + ' (AP ' + fmt(c.previous_ap) + ')', data: curve(c.old), borderColor: COLORS.grey,
-          backgroundColor: COLORS.grey, borderWidth: 2, borderDash: [5, 3], pointRadius: 0, stepped: 'after' });
+          backgroundColor: COLORS.grey, borderWidth: 2, borderDash: [5, 3], pointRadius: 0, stepped: 'after', clip: 6 });
       }
       pr.data.datasets = sets;
       pr.update('none');

@@ -28,6 +28,7 @@
       ] },
       options: {
         indexAxis: horizontal ? 'y' : 'x', animation: false, maintainAspectRatio: false,
+        layout: { padding: { top: horizontal ? 20 : 0 } },
         scales: {
           [catAxis]: { stacked: true, ticks: { autoSkip: false,
             color: (c) => (concepts[c.index] && below(c.index) ? COLORS.bad : '#1d2430') } },

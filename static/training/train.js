@@ -77,7 +77,11 @@
          tooltip: { label: (c) => 'mAP ' + pct(c.parsed.y) } });
     charts.lr = lineChart(document.getElementById('chart-lr'), [
       { label: 'learning rate', borderColor: COLORS.purple, backgroundColor: COLORS.purple, stepped: 'before', pointRadius: 2, tension: 0 },
-    ], { yType: 'logarithmic', y: { ticks: { callback: (v) => Number(v).toExponential(0) } } });
+    ], { yType: 'logarithmic', y: { ticks: { callback: (v) => {
+      // Powers of ten only: a log axis otherwise labels 7e-4, 4e-4 … and gets crowded.
+      const e = Math.log10(v);
+      return Math.abs(e - Math.round(e)) < 1e-9 ? Number(v).toExponential(0) : '';
+    } } } });
     charts.usage = lineChart(document.getElementById('chart-usage'), [], {
       xTitle: 'seconds since start', y: { min: 0, max: 100, ticks: { callback: (v) => v + ' %' } },
       empty: 'sampled every 2 s while the run trains',
@@ -142,6 +146,7 @@
       window.VIVA.paintProgress(progress, s);
       q('eta').textContent = s.active ? window.VIVA.fmtEta(s.eta_seconds) : '';
       q('note').textContent = s.note || '';
+      q('note').hidden = !s.active;
       q('failed').hidden = s.status !== 'failed';
       q('error').textContent = s.error || '';
       q('cancelled').hidden = s.status !== 'cancelled';

@@ -58,7 +58,9 @@
         const width = ctx.measureText(opts.label).width;
         let x, y;
         if (axis === 'x') {
-          x = px + 6; y = area.top + 14;
+          // Above the plot when the chart left room for it (layout.padding.top), so the
+          // label does not cover the first bar.
+          x = px + 6; y = area.top >= 18 ? area.top - 5 : area.top + 14;
           if (x + width > area.right) { x = px - 6 - width; }
         } else {
           x = area.right - width - 4; y = px - 6;

@@ -56,7 +56,7 @@ class ActivateVersionView(RoleRequiredMixin, View):
             messages.error(request, str(exc))
         else:
             messages.success(
-                request, f"{version} is now the active model (validation mAP "
-                f"{pct(version.mean_ap)})."
+                request, f"v{version.version} is now the active concept model (validation "
+                f"mAP {pct(version.mean_ap)}); inference and retrieval use it from now on."
             )
         return redirect("training:models")

@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 BENCHMARKS = {
     "shots": "viva.benchmarks.shots",
     "grid": "annotation.benchmarks.grid",
+    "training": "training.benchmarks.training",
 }
 
 
