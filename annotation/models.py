@@ -58,7 +58,11 @@ class Source(models.TextChoices):
 class Annotation(models.Model):
     """The current label of one image (or face) for one category."""
 
-    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="annotations")
+    # Indexes are deliberately few: every save writes to all of them on a table of
+    # millions of rows. (image, category) is covered by ``annotation_image``.
+    image = models.ForeignKey(
+        Image, on_delete=models.CASCADE, related_name="annotations", db_index=False
+    )
     face = models.ForeignKey(
         Face, null=True, blank=True, on_delete=models.CASCADE, related_name="annotations"
     )
@@ -66,7 +70,8 @@ class Annotation(models.Model):
     value = models.SmallIntegerField(choices=Label.choices)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.GRID)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        db_index=False,
     )
     updated_at = models.DateTimeField()
 
@@ -112,9 +117,10 @@ class AnnotationEvent(models.Model):
     new_value = models.SmallIntegerField(null=True, blank=True, choices=Label.choices)
     source = models.CharField(max_length=20, choices=Source.choices)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        db_index=False,
     )
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -38,6 +38,15 @@ def _clean_var():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    """Cached counts and searches must not leak between tests (ids are reused)."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
 def make_user(username: str, role: int, **extra):
     from viva.models import Profile
 

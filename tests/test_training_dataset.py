@@ -30,8 +30,13 @@ from viva.models import Collection, Image
 def _images(n: int, prefix: str = "img") -> list[Image]:
     collection, _ = Collection.objects.get_or_create(name="training-test")
     return Image.objects.bulk_create(
-        Image(collection=collection, file=f"{prefix}/{i}.jpg", sha256=f"{prefix}{i}",
-              width=64, height=64)
+        Image(
+            collection=collection,
+            file=f"{prefix}/{i}.jpg",
+            sha256=f"{prefix}{i}",
+            width=64,
+            height=64,
+        )
         for i in range(n)
     )
 
@@ -42,8 +47,17 @@ def small_labels(db):
     a, b, c = (Category.objects.create(name=n) for n in ("A", "B", "C"))
     Category.objects.create(name="Someone", kind=Category.Kind.PERSON)
     img = _images(8)
-    save_labels(a, [(img[0].pk, 1), (img[1].pk, 1), (img[3].pk, -1), (img[4].pk, 0),
-                    (img[5].pk, 0), (img[7].pk, 1)])
+    save_labels(
+        a,
+        [
+            (img[0].pk, 1),
+            (img[1].pk, 1),
+            (img[3].pk, -1),
+            (img[4].pk, 0),
+            (img[5].pk, 0),
+            (img[7].pk, 1),
+        ],
+    )
     save_labels(b, [(img[1].pk, -1), (img[3].pk, 0), (img[5].pk, 1), (img[7].pk, 1)])
     save_labels(c, [(img[2].pk, 1), (img[6].pk, -1)])
     return {"A": a, "B": b, "C": c, "images": img}
@@ -81,19 +95,22 @@ def _synthetic_matrix(seed: int = 0) -> LabelMatrix:
     sizes = [100, 150, 200]
     n = sum(sizes) + 60
     targets = np.full((n, 3), WEAK, dtype=np.int8)
-    targets[sum(sizes):] = IGNORE
+    targets[sum(sizes) :] = IGNORE
     start = 0
     for k, size in enumerate(sizes):
-        targets[start:start + size, k] = POS
+        targets[start : start + size, k] = POS
         start += size
     rng = np.random.default_rng(seed)
     for k in range(3):
         others = np.flatnonzero(targets[:, k] == WEAK)
         targets[rng.choice(others, 80, replace=False), k] = NEG
-    targets[sum(sizes):, 0] = NEG  # 60 images with only a negative label
+    targets[sum(sizes) :, 0] = NEG  # 60 images with only a negative label
     return LabelMatrix(
-        np.arange(1, n + 1, dtype=np.int64), [f"f{i}.jpg" for i in range(n)],
-        [11, 12, 13], ["x", "y", "z"], targets,
+        np.arange(1, n + 1, dtype=np.int64),
+        [f"f{i}.jpg" for i in range(n)],
+        [11, 12, 13],
+        ["x", "y", "z"],
+        targets,
     )
 
 
@@ -136,7 +153,9 @@ def test_dataset_overview(small_labels):
     by_name = {c["name"]: c for c in data["concepts"]}
     assert set(by_name) == {"A", "B", "C"}  # persons are not concepts
     assert (by_name["A"]["positives"], by_name["A"]["negatives"], by_name["A"]["neutral"]) == (
-        3, 1, 2
+        3,
+        1,
+        2,
     )
     assert by_name["A"]["eligible"] and by_name["B"]["eligible"]
     assert not by_name["C"]["eligible"] and by_name["C"]["train_positives"] == 0
@@ -198,8 +217,9 @@ def test_augmentation_shapes_and_variety(image_files):
 def test_loader_with_worker_processes_reports_bad_files(image_files):
     root, files = image_files
     pre = Preprocessing(image_size=32)
-    ds = ImageFileDataset(files, np.zeros((len(files), 1), np.int8), pre, root=root,
-                          augmentation=Augmentation())
+    ds = ImageFileDataset(
+        files, np.zeros((len(files), 1), np.int8), pre, root=root, augmentation=Augmentation()
+    )
     loader = make_loader(ds, batch_size=3, shuffle=True, num_workers=1, seed=3)
     seen, failed = [], []
     for batch in loader:

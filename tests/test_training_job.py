@@ -27,9 +27,17 @@ from training.trainer import NullContext, train
 from viva.models import Collection, Image, Job
 
 FAST = {
-    "network": "tiny-cnn", "image_size": 64, "init": "random", "device": "cpu",
-    "batch_size": 16, "epochs_phase1": 8, "epochs_phase2": 2, "min_positives": 20,
-    "num_workers": 1, "cpu_threads": 1, "seed": 1,
+    "network": "tiny-cnn",
+    "image_size": 64,
+    "init": "random",
+    "device": "cpu",
+    "batch_size": 16,
+    "epochs_phase1": 8,
+    "epochs_phase2": 2,
+    "min_positives": 20,
+    "num_workers": 1,
+    "cpu_threads": 1,
+    "seed": 1,
 }
 
 
@@ -40,8 +48,11 @@ def _broken_positive(category: Category) -> Image:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     image = Image.objects.create(
-        collection=Collection.objects.get(name="Synthetic shapes"), file=rel,
-        sha256="broken", width=96, height=72,
+        collection=Collection.objects.get(name="Synthetic shapes"),
+        file=rel,
+        sha256="broken",
+        width=96,
+        height=72,
     )
     save_labels(category, [(image.pk, 1)])
     return image
@@ -64,8 +75,7 @@ def test_refused_for_a_vanished_device_a_busy_device_and_bad_options(users):
         start_training(users["trainer"], {**options, "batch_size": 0})
     with pytest.raises(TrainingRefused, match="Unknown training option"):
         start_training(users["trainer"], {**options, "colour": "red"})
-    holder = Job.objects.create(kind="infer_concepts", queue="gpu", status="running",
-                                device="cpu")
+    holder = Job.objects.create(kind="infer_concepts", queue="gpu", status="running", device="cpu")
     with pytest.raises(TrainingRefused, match=f"busy with .*job {holder.pk}"):
         start_training(users["trainer"], options)
     assert list(Job.objects.all()) == [holder]
@@ -141,14 +151,13 @@ def test_training_job_through_a_worker(celery_worker, users):
         )
         assert evaluation.n_val_pos == int((t == POS).sum()) > 0
         assert evaluation.pr_curve["precision"] and evaluation.pr_curve["recall"]
-    assert version.mean_ap == pytest.approx(
-        np.mean([e.ap for e in version.evaluations.all()])
-    )
+    assert version.mean_ap == pytest.approx(np.mean([e.ap for e in version.evaluations.all()]))
 
     # … and the saved model, loaded the way inference loads it, gives the same scores.
     model, pre = load_network(version)
-    files = dict(Image.objects.filter(pk__in=scores["image_ids"].tolist())
-                 .values_list("pk", "file"))
+    files = dict(
+        Image.objects.filter(pk__in=scores["image_ids"].tolist()).values_list("pk", "file")
+    )
     readable, logits = score_files(model, pre, [files[i] for i in scores["image_ids"]])
     assert len(readable) == len(scores["image_ids"])
     np.testing.assert_allclose(logits, scores["logits"], atol=1e-4)

@@ -37,12 +37,18 @@ def test_hand_computed_values():
     targets = torch.tensor([[POS, NEG, WEAK, IGNORE], [POS, NEG, WEAK, IGNORE]])
     loss = incomplete_focal_loss(logits, targets, reduction="none")
     half = 0.25 * math.log(2.0)  # p = 0.5: 0.5² · −log 0.5
-    expected = torch.tensor([
-        [0.8 * half, 0.8 * half, 0.2 * half, 0.0],
-        # p = 0.75: pos 0.25² · −log 0.75; negatives 0.75² · −log 0.25
-        [0.8 * 0.0625 * -math.log(0.75), 0.8 * 0.5625 * -math.log(0.25),
-         0.2 * 0.5625 * -math.log(0.25), 0.0],
-    ])
+    expected = torch.tensor(
+        [
+            [0.8 * half, 0.8 * half, 0.2 * half, 0.0],
+            # p = 0.75: pos 0.25² · −log 0.75; negatives 0.75² · −log 0.25
+            [
+                0.8 * 0.0625 * -math.log(0.75),
+                0.8 * 0.5625 * -math.log(0.25),
+                0.2 * 0.5625 * -math.log(0.25),
+                0.0,
+            ],
+        ]
+    )
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-7)
     # Reduction: eq. 6.4 sums over concepts; the batch loss is the mean over images.
     mean = incomplete_focal_loss(logits, targets)
@@ -75,9 +81,10 @@ def test_without_weak_labels_equals_torchvision(alpha, gamma):
     ours = incomplete_focal_loss(
         logits, targets, alpha_pos=alpha, alpha_neg=1 - alpha, alpha_weak=0.0, gamma=gamma
     )
-    theirs = sigmoid_focal_loss(
-        logits, binary.float(), alpha=alpha, gamma=gamma, reduction="sum"
-    ) / logits.shape[0]
+    theirs = (
+        sigmoid_focal_loss(logits, binary.float(), alpha=alpha, gamma=gamma, reduction="sum")
+        / logits.shape[0]
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 

@@ -40,19 +40,28 @@ def _save(concepts, aps=(0.9, 0.5), **extra) -> ModelVersion:
     config = network_config("tiny-cnn", len(concepts))
     model = build_model(config)
     evaluations = [
-        {"category_id": c.pk, "category_name": c.name, "ap": ap, "n_val_pos": 3,
-         "n_val_neg": 4, "n_val_weak": 5, "pr_curve": {"precision": [1.0, 0.5],
-                                                       "recall": [0.5, 1.0]}}
+        {
+            "category_id": c.pk,
+            "category_name": c.name,
+            "ap": ap,
+            "n_val_pos": 3,
+            "n_val_neg": 4,
+            "n_val_weak": 5,
+            "pr_curve": {"precision": [1.0, 0.5], "recall": [0.5, 1.0]},
+        }
         for c, ap in zip(concepts, aps, strict=True)
     ]
     return save_version(
-        state_dict=model.state_dict(), config=config,
+        state_dict=model.state_dict(),
+        config=config,
         class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(concepts)],
         split={"seed": 1, "val_image_ids": [1, 2], "train_image_ids": [3], "concepts": []},
-        metrics={"mAP": float(np.mean(aps))}, evaluations=evaluations,
+        metrics={"mAP": float(np.mean(aps))},
+        evaluations=evaluations,
         weights_source={"source": "random"},
         val_scores={"image_ids": np.array([1, 2]), "logits": np.zeros((2, len(concepts)))},
-        previous=active_version("concept"), **extra,
+        previous=active_version("concept"),
+        **extra,
     )
 
 
@@ -60,7 +69,11 @@ def test_save_writes_all_files_and_activates(models_dir, concepts):
     v1 = _save(concepts)
     folder = models_dir / "concept" / "1"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "classes.json", "config.json", "metrics.json", "split.json", "val_scores.npz",
+        "classes.json",
+        "config.json",
+        "metrics.json",
+        "split.json",
+        "val_scores.npz",
         "weights.pt",
     ]
     assert v1.version == 1 and v1.is_active and v1.weights_path == "concept/1/weights.pt"
@@ -159,7 +172,11 @@ def test_saved_network_reloads_with_identical_outputs(models_dir, concepts):
     model.eval()
     x = torch.randint(0, 255, (4, 3, 32, 32), dtype=torch.uint8)
     version = save_version(
-        state_dict=model.state_dict(), config=config, class_map=[], split={}, metrics={},
+        state_dict=model.state_dict(),
+        config=config,
+        class_map=[],
+        split={},
+        metrics={},
         evaluations=[],
     )
     loaded, pre = load_network(version)

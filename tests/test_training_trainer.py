@@ -15,7 +15,8 @@ from training.trainer import NullContext, plan_phases, set_train_mode, set_train
 def test_phases_follow_the_thesis():
     config = TrainConfig()
     assert [(p.lr, p.trainable, p.epochs) for p in plan_phases(config, False)] == [
-        (1e-3, "head", 20), (1e-4, "top", 40)
+        (1e-3, "head", 20),
+        (1e-4, "top", 40),
     ]
     # From scratch there is nothing to protect: every layer trains in both phases.
     assert {p.trainable for p in plan_phases(config, True)} == {"all"}
@@ -52,14 +53,28 @@ def test_head_then_top_twenty_layers():
 
 
 def test_config_validation_and_aliases():
-    config = TrainConfig.from_options({"backbone": "efficientnet-b0", "batch_size": "8",
-                                       "preset": "b", "amp": "false", "image_size": ""})
+    config = TrainConfig.from_options(
+        {
+            "backbone": "efficientnet-b0",
+            "batch_size": "8",
+            "preset": "b",
+            "amp": "false",
+            "image_size": "",
+        }
+    )
     assert (config.network, config.batch_size, config.loss_preset, config.amp) == (
-        "efficientnet-b0", 8, "B", False
+        "efficientnet-b0",
+        8,
+        "B",
+        False,
     )
     assert config.image_size is None
-    for bad in ({"network": "resnet"}, {"batch_size": 2.5}, {"init": "imagenet"},
-                {"epochs_phase1": 0, "epochs_phase2": 0}):
+    for bad in (
+        {"network": "resnet"},
+        {"batch_size": 2.5},
+        {"init": "imagenet"},
+        {"epochs_phase1": 0, "epochs_phase2": 0},
+    ):
         with pytest.raises(ValueError):
             TrainConfig.from_options(bad)
 
@@ -77,10 +92,19 @@ def test_fine_tuning_from_local_weights(db, settings, tmp_path):
     torch.save(imagenet, settings.VIVA_WEIGHTS_DIR / "efficientnet-b0.pth")
     make_shapes_archive(8)
     ctx = NullContext()
-    result = train(ctx, {
-        "network": "efficientnet-b0", "image_size": 64, "batch_size": 8, "epochs_phase1": 1,
-        "epochs_phase2": 1, "min_positives": 5, "num_workers": 0, "cpu_threads": 1,
-    })
+    result = train(
+        ctx,
+        {
+            "network": "efficientnet-b0",
+            "image_size": 64,
+            "batch_size": 8,
+            "epochs_phase1": 1,
+            "epochs_phase2": 1,
+            "min_positives": 5,
+            "num_workers": 0,
+            "cpu_threads": 1,
+        },
+    )
     assert "efficientnet-b0.pth (local file)" in result["weights_source"]
     assert any("Phase 1 (head only)" in line for line in ctx.lines)
     assert any("top 20 layers" in line for line in ctx.lines)

@@ -82,8 +82,7 @@ def test_download_last_into_the_cache(dirs):
 def test_download_switched_off_says_where_to_put_the_file(dirs):
     local, cache, calls = dirs
     with pytest.raises(WeightsUnavailable) as info:
-        resolve_weights("efficientnet-b3", weights_dir=local, cache_dir=cache,
-                        allow_download=False)
+        resolve_weights("efficientnet-b3", weights_dir=local, cache_dir=cache, allow_download=False)
     message = str(info.value)
     assert str(local) in message and "efficientnet-b3.pth" in message
     assert "efficientnet-b3-5fb5a3c3.pth" in message and "random" in message
@@ -98,8 +97,7 @@ def test_download_failure_offline_is_a_clear_error(dirs, monkeypatch):
 
     monkeypatch.setattr(weights, "_download", offline)
     with pytest.raises(WeightsUnavailable) as info:
-        resolve_weights("efficientnet-b3", weights_dir=local, cache_dir=cache,
-                        allow_download=True)
+        resolve_weights("efficientnet-b3", weights_dir=local, cache_dir=cache, allow_download=True)
     assert "downloading them failed" in str(info.value)
     assert "VIVA_WEIGHTS_DIR" in str(info.value)
 
@@ -134,8 +132,9 @@ def test_load_pretrained_copies_the_backbone_and_drops_the_classifier(dirs):
     load_pretrained(model, resolved)
     loaded = model.backbone.net.state_dict()
     assert torch.equal(loaded["_conv_stem.weight"], state["_conv_stem.weight"])
-    assert torch.equal(loaded["_blocks.15._project_conv.weight"],
-                       state["_blocks.15._project_conv.weight"])
+    assert torch.equal(
+        loaded["_blocks.15._project_conv.weight"], state["_blocks.15._project_conv.weight"]
+    )
     assert model.head[-1].out_features == 4  # the new head, not ImageNet's 1000 classes
 
 

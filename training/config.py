@@ -75,27 +75,39 @@ class TrainConfig:
                 raise ValueError(message)
 
         need(self.network in NETWORKS, f"Unknown network {self.network!r}.")
-        need(self.image_size is None or 32 <= self.image_size <= 1024,
-             "The image size must be between 32 and 1024 pixels.")
+        need(
+            self.image_size is None or 32 <= self.image_size <= 1024,
+            "The image size must be between 32 and 1024 pixels.",
+        )
         need(1 <= self.batch_size <= 1024, "The batch size must be between 1 and 1024.")
-        need(0 <= self.epochs_phase1 <= 500 and 0 <= self.epochs_phase2 <= 500,
-             "Epochs must be between 0 and 500.")
+        need(
+            0 <= self.epochs_phase1 <= 500 and 0 <= self.epochs_phase2 <= 500,
+            "Epochs must be between 0 and 500.",
+        )
         need(self.epochs_phase1 + self.epochs_phase2 > 0, "At least one epoch is needed.")
         need(0 < self.lr_phase1 < 1 and 0 < self.lr_phase2 < 1, "Learning rates must be in (0, 1).")
         need(0 < self.lr_factor < 1, "The learning-rate factor must be in (0, 1).")
         need(self.phase2_layers >= 0, "phase2_layers must be ≥ 0 (0: all layers).")
         need(self.lr_patience >= 0 and self.early_stop_patience >= 1, "Bad patience.")
-        need(self.loss_preset.upper() in PRESETS,
-             f"Unknown loss preset {self.loss_preset!r}; choose {', '.join(PRESETS)}.")
+        need(
+            self.loss_preset.upper() in PRESETS,
+            f"Unknown loss preset {self.loss_preset!r}; choose {', '.join(PRESETS)}.",
+        )
         self.loss_preset = self.loss_preset.upper()
         need(self.gamma is None or 0 <= self.gamma <= 10, "gamma must be between 0 and 10.")
         need(self.init in INITS, f"init must be one of {', '.join(INITS)}.")
-        need(self.num_workers is None or 0 <= self.num_workers <= 64,
-             "num_workers must be between 0 and 64.")
-        need(self.cpu_threads is None or 1 <= self.cpu_threads <= 256,
-             "cpu_threads must be between 1 and 256.")
-        need(self.min_positives is None or self.min_positives >= 2,
-             "min_positives must be at least 2.")
+        need(
+            self.num_workers is None or 0 <= self.num_workers <= 64,
+            "num_workers must be between 0 and 64.",
+        )
+        need(
+            self.cpu_threads is None or 1 <= self.cpu_threads <= 256,
+            "cpu_threads must be between 1 and 256.",
+        )
+        need(
+            self.min_positives is None or self.min_positives >= 2,
+            "min_positives must be at least 2.",
+        )
         need(0 <= self.val_positives <= 10000, "val_positives out of range.")
         need(0 <= self.val_negative_fraction < 1, "val_negative_fraction must be in [0, 1).")
         need(0 <= self.dropout < 1, "dropout must be in [0, 1).")

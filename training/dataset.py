@@ -72,9 +72,7 @@ def _concept_rows() -> np.ndarray:
     rows = Annotation.objects.filter(
         face__isnull=True, category__kind=Category.Kind.CONCEPT
     ).values_list("image_id", "category_id", "value")
-    arr = np.fromiter(
-        (v for row in rows.iterator(chunk_size=20000) for v in row), dtype=np.int64
-    )
+    arr = np.fromiter((v for row in rows.iterator(chunk_size=20000) for v in row), dtype=np.int64)
     return arr.reshape(-1, 3)
 
 
@@ -160,7 +158,10 @@ def build_label_matrix(
     files = _files_of(image_ids)
     present = np.array([f is not None for f in files], dtype=bool)
     return LabelMatrix(
-        image_ids[present], [f for f in files if f is not None], concept_ids, names,
+        image_ids[present],
+        [f for f in files if f is not None],
+        concept_ids,
+        names,
         targets[present],
     )
 
@@ -170,7 +171,7 @@ def _files_of(image_ids: np.ndarray) -> list[str | None]:
     ids = image_ids.tolist()
     for start in range(0, len(ids), _CHUNK):
         found.update(
-            Image.objects.filter(pk__in=ids[start:start + _CHUNK]).values_list("pk", "file")
+            Image.objects.filter(pk__in=ids[start : start + _CHUNK]).values_list("pk", "file")
         )
     return [found.get(i) for i in ids]
 
@@ -252,7 +253,9 @@ def make_split(
         "val_positives": val_positives,
         "val_negative_fraction": val_negative_fraction,
         "max_val_positive_fraction": max_val_positive_fraction,
-        "order": "negatives, then positives; rarest concept first; images already in validation count",
+        "order": (
+            "negatives, then positives; rarest concept first; images already in validation count"
+        ),
     }
     return Split(int(seed), val, rule)
 
@@ -262,7 +265,7 @@ def split_from_ids(matrix: LabelMatrix, val_image_ids: Sequence[int], seed: int)
     return Split(int(seed), np.isin(matrix.image_ids, np.asarray(list(val_image_ids))))
 
 
-# --- overview for the dataset page ---------------------------------------------------------------
+# --- overview for the dataset page ------------------------------------------------------------
 def dataset_overview(min_positives: int | None = None, seed: int = DEFAULT_SEED) -> dict:
     """Per-concept label counts, eligibility and the train/validation counts that a run
     started now would use (for the bar chart of the dataset page)."""
@@ -276,18 +279,20 @@ def dataset_overview(min_positives: int | None = None, seed: int = DEFAULT_SEED)
     concepts = []
     for cid, n in counts.items():
         s = per.get(cid, {})
-        concepts.append({
-            "id": cid,
-            "name": names.get(cid, ""),
-            **n,
-            "eligible": cid in per,
-            "train_positives": s.get("train_positives", 0),
-            "train_negatives": s.get("train_negatives", 0),
-            "train_weak": s.get("train_weak", 0),
-            "val_positives": s.get("val_positives", 0),
-            "val_negatives": s.get("val_negatives", 0),
-            "val_weak": s.get("val_weak", 0),
-        })
+        concepts.append(
+            {
+                "id": cid,
+                "name": names.get(cid, ""),
+                **n,
+                "eligible": cid in per,
+                "train_positives": s.get("train_positives", 0),
+                "train_negatives": s.get("train_negatives", 0),
+                "train_weak": s.get("train_weak", 0),
+                "val_positives": s.get("val_positives", 0),
+                "val_negatives": s.get("val_negatives", 0),
+                "val_weak": s.get("val_weak", 0),
+            }
+        )
     concepts.sort(key=lambda c: (-c["positives"], c["name"].lower()))
     eligible = [c for c in concepts if c["eligible"]]
     totals = {
@@ -296,10 +301,7 @@ def dataset_overview(min_positives: int | None = None, seed: int = DEFAULT_SEED)
         "images": len(matrix),
         "train_images": int((~split.val_mask).sum()),
         "val_images": int(split.val_mask.sum()),
-        **{
-            key: sum(c[key] for c in concepts)
-            for key in ("positives", "negatives", "neutral")
-        },
+        **{key: sum(c[key] for c in concepts) for key in ("positives", "negatives", "neutral")},
         **{
             key: sum(c[key] for c in eligible)
             for key in ("train_positives", "train_negatives", "val_positives", "val_negatives")
@@ -315,7 +317,7 @@ def dataset_overview(min_positives: int | None = None, seed: int = DEFAULT_SEED)
     }
 
 
-# --- images as tensors ------------------------------------------------------------------------------
+# --- images as tensors ----------------------------------------------------------------------
 @dataclass(frozen=True)
 class Augmentation:
     """Training-time augmentation (6.3.3 names brightness, mirroring, cropping, zooming
@@ -413,8 +415,12 @@ def collate_skipping(items: list) -> Batch:
     good = [it for it in items if it[0] is not None]
     failed = [(it[2], it[3]) for it in items if it[0] is None]
     if not good:
-        return Batch(torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.int8),
-                     torch.zeros(0, dtype=torch.long), failed)
+        return Batch(
+            torch.zeros(0, dtype=torch.uint8),
+            torch.zeros(0, dtype=torch.int8),
+            torch.zeros(0, dtype=torch.long),
+            failed,
+        )
     return Batch(
         torch.stack([it[0] for it in good]),
         torch.stack([it[1] for it in good]),

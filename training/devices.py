@@ -42,8 +42,13 @@ def _cuda_count() -> int:
 def _gpu_info(index: int) -> dict:
     import torch
 
-    info = {"id": f"cuda:{index}", "type": "cuda", "name": f"GPU {index}",
-            "free_bytes": None, "total_bytes": None}
+    info = {
+        "id": f"cuda:{index}",
+        "type": "cuda",
+        "name": f"GPU {index}",
+        "free_bytes": None,
+        "total_bytes": None,
+    }
     try:
         info["name"] = torch.cuda.get_device_name(index)
         free, total = torch.cuda.mem_get_info(index)
@@ -55,8 +60,13 @@ def _gpu_info(index: int) -> dict:
 
 def _cpu_info() -> dict:
     cores = os.cpu_count() or 1
-    info = {"id": "cpu", "type": "cpu", "name": f"CPU ({cores} cores)",
-            "free_bytes": None, "total_bytes": None}
+    info = {
+        "id": "cpu",
+        "type": "cpu",
+        "name": f"CPU ({cores} cores)",
+        "free_bytes": None,
+        "total_bytes": None,
+    }
     try:
         import psutil
 
@@ -79,8 +89,13 @@ def list_devices(*, with_busy: bool = True) -> list[dict]:
     if configured:
         devices = [
             local.get(normalize_device(d))
-            or {"id": normalize_device(d), "type": normalize_device(d).split(":")[0],
-                "name": normalize_device(d), "free_bytes": None, "total_bytes": None}
+            or {
+                "id": normalize_device(d),
+                "type": normalize_device(d).split(":")[0],
+                "name": normalize_device(d),
+                "free_bytes": None,
+                "total_bytes": None,
+            }
             for d in configured
         ]
     else:

@@ -20,8 +20,13 @@ def train_concepts_job(ctx: JobContext) -> dict:
     done = ModelVersion.objects.filter(job_id=ctx.job_id).first()
     if done is not None:
         ctx.log(f"This job already saved {done}; nothing to do.")
-        return {"summary": f"Already saved as {done}.", "model_version_id": done.pk,
-                "version": done.version, "mAP": done.mean_ap, "active": done.is_active}
+        return {
+            "summary": f"Already saved as {done}.",
+            "model_version_id": done.pk,
+            "version": done.version,
+            "mAP": done.mean_ap,
+            "active": done.is_active,
+        }
     try:
         config = TrainConfig.from_options(ctx.params)
     except ValueError as exc:

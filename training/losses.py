@@ -57,15 +57,25 @@ class LossPreset:
 # Section 6.3.5, "Three different approaches were evaluated" (mAP in Table 6.4).
 PRESETS: dict[str, LossPreset] = {
     "A": LossPreset(
-        "A", alpha_pos=0.8, alpha_neg=0.1, alpha_weak=0.1, positive_images_only=True,
+        "A",
+        alpha_pos=0.8,
+        alpha_neg=0.1,
+        alpha_weak=0.1,
+        positive_images_only=True,
         description="Positive images only; other concepts are weak negatives (mAP 71.11 %).",
     ),
     "B": LossPreset(
-        "B", alpha_pos=0.8, alpha_neg=0.1, alpha_weak=0.1,
+        "B",
+        alpha_pos=0.8,
+        alpha_neg=0.1,
+        alpha_weak=0.1,
         description="All images; labelled negatives weighted as low as weak ones (78.31 %).",
     ),
     "C": LossPreset(
-        "C", alpha_pos=0.8, alpha_neg=0.8, alpha_weak=0.2,
+        "C",
+        alpha_pos=0.8,
+        alpha_neg=0.8,
+        alpha_weak=0.2,
         description="Positives and labelled negatives equal, weak negatives low (79.88 %).",
     ),
 }
@@ -127,6 +137,10 @@ class IncompleteFocalLoss(torch.nn.Module):
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         p = self.preset
         return incomplete_focal_loss(
-            logits, targets, alpha_pos=p.alpha_pos, alpha_neg=p.alpha_neg,
-            alpha_weak=p.alpha_weak, gamma=self.gamma,
+            logits,
+            targets,
+            alpha_pos=p.alpha_pos,
+            alpha_neg=p.alpha_neg,
+            alpha_weak=p.alpha_weak,
+            gamma=self.gamma,
         )

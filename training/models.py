@@ -35,7 +35,11 @@ class ModelVersion(models.Model):
         default=dict, blank=True, help_text="Which weights the run started from."
     )
     previous = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The version that was active when this one was trained.",
     )
     is_active = models.BooleanField(default=False)
@@ -50,7 +54,8 @@ class ModelVersion(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["kind", "version"], name="modelversion_unique"),
             models.UniqueConstraint(
-                fields=["kind"], condition=models.Q(is_active=True),
+                fields=["kind"],
+                condition=models.Q(is_active=True),
                 name="modelversion_one_active",
             ),
         ]
@@ -71,7 +76,10 @@ class Evaluation(models.Model):
         ModelVersion, on_delete=models.CASCADE, related_name="evaluations"
     )
     category = models.ForeignKey(
-        "annotation.Category", null=True, blank=True, on_delete=models.SET_NULL,
+        "annotation.Category",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     category_name = models.CharField(max_length=200)

@@ -112,33 +112,42 @@ def _tiny_cnn(image_size: int) -> tuple[nn.Module, int]:
 
 _EFFICIENTNET_SIZES = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
 for _b, _size in _EFFICIENTNET_SIZES.items():
-    register(NetworkSpec(
-        name=f"efficientnet-b{_b}",
-        build_backbone=_efficientnet(f"efficientnet-b{_b}"),
-        default_image_size=_size,
-        pretrained=f"efficientnet-b{_b}",
-        description=f"EfficientNet-B{_b} (ImageNet-initialised), {_size} px",
-    ))
-register(NetworkSpec(
-    name="efficientnet-tiny",
-    build_backbone=_efficientnet(
-        "efficientnet-b0", width_coefficient=0.5, depth_coefficient=0.5, drop_connect_rate=0.0,
-        # TF's BN momentum (0.99 here ↔ 0.01 in PyTorch terms) leaves the running
-        # statistics near their initial values after the few hundred steps a tiny
-        # from-scratch run has, and evaluation then sees garbage.
-        batch_norm_momentum=0.9,
-    ),
-    default_image_size=64,
-    pretrained=None,
-    description="EfficientNet-B0 at half width and depth, 64 px (tests, demo; random init)",
-))
-register(NetworkSpec(
-    name="tiny-cnn",
-    build_backbone=_tiny_cnn,
-    default_image_size=64,
-    pretrained=None,
-    description="Four conv layers, 64 px (tests, demo; random init)",
-))
+    register(
+        NetworkSpec(
+            name=f"efficientnet-b{_b}",
+            build_backbone=_efficientnet(f"efficientnet-b{_b}"),
+            default_image_size=_size,
+            pretrained=f"efficientnet-b{_b}",
+            description=f"EfficientNet-B{_b} (ImageNet-initialised), {_size} px",
+        )
+    )
+register(
+    NetworkSpec(
+        name="efficientnet-tiny",
+        build_backbone=_efficientnet(
+            "efficientnet-b0",
+            width_coefficient=0.5,
+            depth_coefficient=0.5,
+            drop_connect_rate=0.0,
+            # TF's BN momentum (0.99 here ↔ 0.01 in PyTorch terms) leaves the running
+            # statistics near their initial values after the few hundred steps a tiny
+            # from-scratch run has, and evaluation then sees garbage.
+            batch_norm_momentum=0.9,
+        ),
+        default_image_size=64,
+        pretrained=None,
+        description="EfficientNet-B0 at half width and depth, 64 px (tests, demo; random init)",
+    )
+)
+register(
+    NetworkSpec(
+        name="tiny-cnn",
+        build_backbone=_tiny_cnn,
+        default_image_size=64,
+        pretrained=None,
+        description="Four conv layers, 64 px (tests, demo; random init)",
+    )
+)
 
 
 # --- the concept network ------------------------------------------------------------------
@@ -181,7 +190,8 @@ class ConceptNet(nn.Module):
         unit of "the top ~20 layers" trained in phase 2 (6.3.5). (efficientnet-pytorch's
         same-padding convolutions hold a padding child, so "leaf" would miss them.)"""
         return [
-            m for m in self.backbone.modules()
+            m
+            for m in self.backbone.modules()
             if any(True for _ in m.parameters(recurse=False))
             and not isinstance(m, nn.modules.batchnorm._BatchNorm)
         ]
@@ -210,7 +220,10 @@ def build_model(config: dict) -> ConceptNet:
     preprocessing = Preprocessing.from_dict(config["preprocessing"])
     backbone, channels = spec.build_backbone(preprocessing.image_size)
     return ConceptNet(
-        backbone, channels, int(net["num_classes"]), preprocessing,
+        backbone,
+        channels,
+        int(net["num_classes"]),
+        preprocessing,
         dropout=float(net.get("dropout", DEFAULT_DROPOUT)),
     )
 

@@ -117,13 +117,20 @@ def save_version(
             tmp = None
             rel = f"{kind}/{number}"
             version = ModelVersion.objects.create(
-                kind=kind, version=number, directory=rel,
-                weights_path=f"{rel}/{WEIGHTS_FILE}", config=config,
-                train_config=train_config or {}, class_map=class_map,
+                kind=kind,
+                version=number,
+                directory=rel,
+                weights_path=f"{rel}/{WEIGHTS_FILE}",
+                config=config,
+                train_config=train_config or {},
+                class_map=class_map,
                 split_path=f"{rel}/split.json",
                 split_summary={k: v for k, v in split.items() if not k.endswith("image_ids")},
-                metrics=metrics, mean_ap=metrics.get("mAP"),
-                weights_source=weights_source or {}, previous=previous, job=job,
+                metrics=metrics,
+                mean_ap=metrics.get("mAP"),
+                weights_source=weights_source or {},
+                previous=previous,
+                job=job,
             )
             Evaluation.objects.bulk_create(
                 Evaluation(model_version=version, **_evaluation_fields(e)) for e in evaluations
@@ -134,9 +141,13 @@ def save_version(
     except Exception as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        if final is not None and final.exists() and not ModelVersion.objects.filter(
-            kind=kind, directory=f"{kind}/{final.name}"
-        ).exists():
+        if (
+            final is not None
+            and final.exists()
+            and not ModelVersion.objects.filter(
+                kind=kind, directory=f"{kind}/{final.name}"
+            ).exists()
+        ):
             shutil.rmtree(final, ignore_errors=True)
         reason = "the disk is full" if getattr(exc, "errno", None) == 28 else str(exc)
         active = active_version(kind)
@@ -176,9 +187,9 @@ def _evaluation_fields(e: dict) -> dict:
 # --- activation ---------------------------------------------------------------------------
 def _activate(version: ModelVersion) -> None:
     now = timezone.now()
-    ModelVersion.objects.filter(kind=version.kind, is_active=True).exclude(
-        pk=version.pk
-    ).update(is_active=False)
+    ModelVersion.objects.filter(kind=version.kind, is_active=True).exclude(pk=version.pk).update(
+        is_active=False
+    )
     ModelVersion.objects.filter(pk=version.pk).update(is_active=True, activated_at=now)
     version.is_active, version.activated_at = True, now
 
@@ -236,17 +247,19 @@ def compare_versions(
         e, o = new.get(name), old.get(name)
         ap = e.ap if e else None
         prev = o.ap if o else None
-        rows.append({
-            "category_id": (e or o).category_id,
-            "name": name,
-            "evaluation_id": e.pk if e else None,
-            "ap": ap,
-            "previous_ap": prev,
-            "diff": (ap - prev) if ap is not None and prev is not None else None,
-            "n_val_pos": e.n_val_pos if e else None,
-            "n_val_neg": e.n_val_neg if e else None,
-            "n_val_weak": e.n_val_weak if e else None,
-        })
+        rows.append(
+            {
+                "category_id": (e or o).category_id,
+                "name": name,
+                "evaluation_id": e.pk if e else None,
+                "ap": ap,
+                "previous_ap": prev,
+                "diff": (ap - prev) if ap is not None and prev is not None else None,
+                "n_val_pos": e.n_val_pos if e else None,
+                "n_val_neg": e.n_val_neg if e else None,
+                "n_val_weak": e.n_val_weak if e else None,
+            }
+        )
     common = [r for r in rows if r["ap"] is not None and r["previous_ap"] is not None]
     return {
         "version": version,

@@ -88,15 +88,17 @@ def evaluate(
     for k, (cid, name) in enumerate(zip(concept_ids, names, strict=True)):
         t = targets[:, k]
         ap, curve = concept_ap(t, logits[:, k]) if len(t) else (None, {})
-        rows.append({
-            "category_id": cid,
-            "category_name": name,
-            "ap": ap,
-            "n_val_pos": int((t == POS).sum()),
-            "n_val_neg": int((t == NEG).sum()),
-            "n_val_weak": int((t == WEAK).sum()),
-            "pr_curve": curve,
-        })
+        rows.append(
+            {
+                "category_id": cid,
+                "category_name": name,
+                "ap": ap,
+                "n_val_pos": int((t == POS).sum()),
+                "n_val_neg": int((t == NEG).sum()),
+                "n_val_weak": int((t == WEAK).sum()),
+                "pr_curve": curve,
+            }
+        )
     aps = [r["ap"] for r in rows if r["ap"] is not None]
     return (float(np.mean(aps)) if aps else None), rows
 

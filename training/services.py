@@ -50,8 +50,7 @@ def start_training(user, options: dict | None = None) -> Job:
                 "it, or choose another device."
             )
         params = config.as_dict()
-        job = start_job(JOB_KIND, params, user=user,
-                        title=f"Concept training on {config.device}")
+        job = start_job(JOB_KIND, params, user=user, title=f"Concept training on {config.device}")
         Job.objects.filter(pk=job.pk).update(device=config.device)
         job.device = config.device
     return job

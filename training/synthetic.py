@@ -42,8 +42,13 @@ def draw_shapes(names: list[str], size: tuple[int, int], rng: random.Random) -> 
 
 
 def write_shape_files(
-    folder: Path, n_per_concept: int, *, size: tuple[int, int] = (96, 72), seed: int = 0,
-    pair_fraction: float = 0.1, quality: int = 90,
+    folder: Path,
+    n_per_concept: int,
+    *,
+    size: tuple[int, int] = (96, 72),
+    seed: int = 0,
+    pair_fraction: float = 0.1,
+    quality: int = 90,
 ) -> list[tuple[Path, list[str]]]:
     """JPEG files with their shape names; a few images show two shapes."""
     rng = random.Random(seed)
@@ -61,8 +66,12 @@ def write_shape_files(
 
 
 def make_shapes_archive(
-    n_per_concept: int = 40, *, seed: int = 0, size: tuple[int, int] = (96, 72),
-    collection_name: str = "Synthetic shapes", user=None,
+    n_per_concept: int = 40,
+    *,
+    seed: int = 0,
+    size: tuple[int, int] = (96, 72),
+    collection_name: str = "Synthetic shapes",
+    user=None,
 ) -> dict:
     """Import shape images into the archive and label them. Returns
     ``{"categories": {name: Category}, "images": [(Image, [shape names])]}``."""

@@ -107,15 +107,21 @@ class Phase:
 def plan_phases(config: TrainConfig, random_init: bool) -> list[Phase]:
     if random_init:
         phases = [
-            Phase("phase 1 (all layers, random init)", config.epochs_phase1, config.lr_phase1, "all"),
+            Phase(
+                "phase 1 (all layers, random init)", config.epochs_phase1, config.lr_phase1, "all"
+            ),
             Phase("phase 2 (all layers)", config.epochs_phase2, config.lr_phase2, "all"),
         ]
     else:
         top = "all" if config.phase2_layers == 0 else "top"
         phases = [
             Phase("phase 1 (head only)", config.epochs_phase1, config.lr_phase1, "head"),
-            Phase(f"phase 2 (head + top {config.phase2_layers or 'all'} layers)",
-                  config.epochs_phase2, config.lr_phase2, top),
+            Phase(
+                f"phase 2 (head + top {config.phase2_layers or 'all'} layers)",
+                config.epochs_phase2,
+                config.lr_phase2,
+                top,
+            ),
         ]
     return [p for p in phases if p.epochs > 0]
 
@@ -201,7 +207,7 @@ def train_one_epoch(
         stats.images += len(batch)
         if on_step is not None:
             steps = stats.steps
-            on_step(steps, len(batch), lambda s=steps: float(loss_sum.item()) / s)
+            on_step(steps, len(batch), lambda s=steps, t=loss_sum: float(t.item()) / s)
         if max_steps is not None and stats.steps >= max_steps:
             break
         wait_start = time.perf_counter()
@@ -232,8 +238,11 @@ def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError)
-        and ("out of memory" in text or "can't allocate memory" in text
-             or "is killed by signal" in text)
+        and (
+            "out of memory" in text
+            or "can't allocate memory" in text
+            or "is killed by signal" in text
+        )
     )
 
 
@@ -285,7 +294,9 @@ class Trainer:
             )
         self.matrix: LabelMatrix = matrix
         self.split = make_split(
-            matrix, cfg.seed, val_positives=cfg.val_positives,
+            matrix,
+            cfg.seed,
+            val_positives=cfg.val_positives,
             val_negative_fraction=cfg.val_negative_fraction,
         )
         self.train_idx, self.val_idx = self.split.indices()
@@ -310,19 +321,27 @@ class Trainer:
         workers = cfg.resolved_num_workers
         pin = self.device.type == "cuda"
         train_ds = ImageFileDataset(
-            [m.files[i] for i in self.train_idx], m.targets[self.train_idx], pre,
+            [m.files[i] for i in self.train_idx],
+            m.targets[self.train_idx],
+            pre,
             augmentation=Augmentation() if cfg.augment else None,
         )
-        val_ds = ImageFileDataset(
-            [m.files[i] for i in self.val_idx], m.targets[self.val_idx], pre
-        )
+        val_ds = ImageFileDataset([m.files[i] for i in self.val_idx], m.targets[self.val_idx], pre)
         batch = min(cfg.batch_size, len(train_ds))
         self.train_loader = make_loader(
-            train_ds, batch_size=batch, shuffle=True, num_workers=workers, seed=cfg.seed,
-            drop_last=len(train_ds) > batch, pin_memory=pin,
+            train_ds,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=workers,
+            seed=cfg.seed,
+            drop_last=len(train_ds) > batch,
+            pin_memory=pin,
         )
         self.val_loader = make_loader(
-            val_ds, batch_size=batch * 2, shuffle=False, num_workers=workers,
+            val_ds,
+            batch_size=batch * 2,
+            shuffle=False,
+            num_workers=workers,
             pin_memory=pin,
         )
 
@@ -330,7 +349,9 @@ class Trainer:
     def prepare_model(self) -> None:
         cfg = self.config
         self.model_config = network_config(
-            cfg.network, len(self.matrix.concept_ids), image_size=cfg.image_size,
+            cfg.network,
+            len(self.matrix.concept_ids),
+            image_size=cfg.image_size,
             dropout=cfg.dropout,
         )
         self.resolved = resolve_weights(cfg.network, cfg.init)
@@ -343,8 +364,10 @@ class Trainer:
             for m in model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.momentum = max(m.momentum or 0.0, 0.1)
-        self.log(f"Network {cfg.network} at {self.model_config['preprocessing']['image_size']} "
-                 f"px; starting from {self.resolved.describe()}.")
+        self.log(
+            f"Network {cfg.network} at {self.model_config['preprocessing']['image_size']} "
+            f"px; starting from {self.resolved.describe()}."
+        )
         self.model = model.to(self.device)
         self.amp = bool(cfg.amp and self.device.type == "cuda")
         if self.device.type == "cuda":
@@ -406,8 +429,10 @@ class Trainer:
             optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
         )
         scaler = torch.amp.GradScaler("cuda") if self.amp else None
-        self.log(f"{phase.name.capitalize()}: up to {phase.epochs} epochs, lr {phase.lr:g}, "
-                 f"{n_trainable} trainable tensors.")
+        self.log(
+            f"{phase.name.capitalize()}: up to {phase.epochs} epochs, lr {phase.lr:g}, "
+            f"{n_trainable} trainable tensors."
+        )
         phase_start = self.progress
         stale = 0
         log_every = max(1, self.steps_per_epoch // LOG_POINTS_PER_EPOCH)
@@ -418,8 +443,14 @@ class Trainer:
             lr = optimizer.param_groups[0]["lr"]
             note = f"{phase.name}, epoch {e + 1}/{phase.epochs}"
 
-            def on_step(step: int, n: int, running: Callable[[], float],
-                        base: int = base, epoch: int = epoch, note: str = note) -> None:
+            def on_step(
+                step: int,
+                n: int,
+                running: Callable[[], float],
+                base: int = base,
+                epoch: int = epoch,
+                note: str = note,
+            ) -> None:
                 self.ctx.progress(base + step, note=note)
                 if step % log_every == 0 or step == self.steps_per_epoch:
                     x = round(epoch - 1 + step / self.steps_per_epoch, 3)
@@ -427,29 +458,45 @@ class Trainer:
                     self.monitor.drain(self.ctx)
 
             stats = train_one_epoch(
-                self.model, self.train_loader, optimizer, self.loss_fn, self.device,
-                scaler=scaler, on_step=on_step,
+                self.model,
+                self.train_loader,
+                optimizer,
+                self.loss_fn,
+                self.device,
+                scaler=scaler,
+                on_step=on_step,
             )
             self.note_failed(stats.failed, self.train_idx)
             self.progress = base + self.steps_per_epoch
             indices, logits = self.validate_scores()
             targets = self.matrix.targets[self.val_idx][indices]
-            val_map, _ = evaluate(targets, logits, self.matrix.concept_ids,
-                                  self.matrix.concept_names)
-            val_loss = float(self.loss_fn(torch.from_numpy(logits),
-                                          torch.from_numpy(targets)).item()) if len(logits) else 0.0
+            val_map, _ = evaluate(
+                targets, logits, self.matrix.concept_ids, self.matrix.concept_names
+            )
+            val_loss = (
+                float(self.loss_fn(torch.from_numpy(logits), torch.from_numpy(targets)).item())
+                if len(logits)
+                else 0.0
+            )
             score = val_map if val_map is not None else -val_loss
             self.ctx.metric("val mAP", epoch, val_map if val_map is not None else 0.0)
             self.ctx.metric("val loss", epoch, val_loss)
             self.ctx.metric("epoch loss", epoch, stats.loss)
             self.ctx.metric("learning rate", epoch, lr)
             self.ctx.metric("images/s", epoch, stats.images_per_second)
-            self.history.append({
-                "epoch": epoch, "phase": phase.name, "train_loss": stats.loss,
-                "val_loss": val_loss, "val_map": val_map, "lr": lr,
-                "images_per_second": stats.images_per_second, "seconds": stats.seconds,
-                "data_wait_seconds": stats.data_seconds,
-            })
+            self.history.append(
+                {
+                    "epoch": epoch,
+                    "phase": phase.name,
+                    "train_loss": stats.loss,
+                    "val_loss": val_loss,
+                    "val_map": val_map,
+                    "lr": lr,
+                    "images_per_second": stats.images_per_second,
+                    "seconds": stats.seconds,
+                    "data_wait_seconds": stats.data_seconds,
+                }
+            )
             improved = score > self.best_map + 1e-6
             self.log(
                 f"Epoch {epoch} ({note}): loss {stats.loss:.4f}, val loss {val_loss:.4f}, "
@@ -475,7 +522,10 @@ class Trainer:
 
     def validate_scores(self) -> tuple[np.ndarray, np.ndarray]:
         indices, logits = predict_loader(
-            self.model, self.val_loader, self.device, amp=self.amp,
+            self.model,
+            self.val_loader,
+            self.device,
+            amp=self.amp,
             on_failed=lambda failed: self.note_failed(failed, self.val_idx),
         )
         return indices, logits

@@ -189,9 +189,7 @@ def load_pretrained(model: ConceptNet, resolved: ResolvedWeights) -> None:
     concept head is new)."""
     if resolved.source == "random":
         return
-    state = {
-        k: v for k, v in read_state_dict(resolved.path).items() if not k.startswith("_fc.")
-    }
+    state = {k: v for k, v in read_state_dict(resolved.path).items() if not k.startswith("_fc.")}
     target = getattr(model.backbone, "net", model.backbone)
     try:
         result = target.load_state_dict(state, strict=False)

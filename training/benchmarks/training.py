@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from training.dataset import Augmentation, ImageFileDataset, make_loader
-from training.losses import IncompleteFocalLoss, POS, WEAK
+from training.losses import POS, WEAK, IncompleteFocalLoss
 from training.networks import build_model, network_config
 from training.preprocessing import Preprocessing
 from training.synthetic import write_shape_files
@@ -35,14 +35,25 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", default="efficientnet-b0")
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5, help="Measured steps per round.")
-    parser.add_argument("--warmup", type=int, default=2, help="Unmeasured steps first.")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=4, help="Measured steps per round.")
+    parser.add_argument("--warmup", type=int, default=1, help="Unmeasured steps first.")
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers.")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default).")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both loops (0: torch's default). 1 by default: on a "
+        "2-core machine shared with other work, OpenMP with 2 threads measured up to 4x "
+        "slower and far noisier, which drowns the comparison.",
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda:0 … or auto.")
-    parser.add_argument("--images", type=int, default=0,
-                        help="JPEG files to generate (default: enough for one round).")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=0,
+        help="JPEG files to generate (default: enough for one round).",
+    )
 
 
 def _files(folder: Path, count: int, image_size: int) -> list[str]:
@@ -76,11 +87,21 @@ def run_ours(opts: dict, device: torch.device, folder: Path, files: list[str]) -
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     loss_fn = IncompleteFocalLoss("C")
     pre = Preprocessing(image_size=opts["image_size"])
-    dataset = ImageFileDataset(files, _targets(len(files), np.random.default_rng(0)), pre,
-                               root=folder, augmentation=Augmentation())
-    loader = make_loader(dataset, batch_size=opts["batch_size"], shuffle=True,
-                         num_workers=opts["workers"], drop_last=True,
-                         pin_memory=device.type == "cuda")
+    dataset = ImageFileDataset(
+        files,
+        _targets(len(files), np.random.default_rng(0)),
+        pre,
+        root=folder,
+        augmentation=Augmentation(),
+    )
+    loader = make_loader(
+        dataset,
+        batch_size=opts["batch_size"],
+        shuffle=True,
+        num_workers=opts["workers"],
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
     marks: list[tuple[float, int]] = []
 
     def on_step(step: int, n: int, running) -> None:
@@ -90,15 +111,20 @@ def run_ours(opts: dict, device: torch.device, folder: Path, files: list[str]) -
     amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if amp else None
     total = opts["warmup"] + opts["steps"]
-    stats = train_one_epoch(model, loader, optimizer, loss_fn, device, scaler=scaler,
-                            on_step=on_step, max_steps=total)
+    stats = train_one_epoch(
+        model, loader, optimizer, loss_fn, device, scaler=scaler, on_step=on_step, max_steps=total
+    )
     del loader  # stops the workers
     start, _ = marks[opts["warmup"] - 1] if opts["warmup"] else (marks[0][0], 0)
-    measured = marks[opts["warmup"]:] if opts["warmup"] else marks[1:]
+    measured = marks[opts["warmup"] :] if opts["warmup"] else marks[1:]
     images = sum(n for _, n in measured)
     seconds = marks[-1][0] - start
-    return {"ips": images / seconds, "seconds": seconds, "steps": stats.steps,
-            "data_wait_s": stats.data_seconds}
+    return {
+        "ips": images / seconds,
+        "seconds": seconds,
+        "steps": stats.steps,
+        "data_wait_s": stats.data_seconds,
+    }
 
 
 def run_baseline(opts: dict, device: torch.device) -> dict:
@@ -158,8 +184,9 @@ def run(**opts) -> dict:
         "baseline_ips": round(best_base, 3),
         "ratio": round(best_ours / best_base, 4),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU ({os.cpu_count()} cores)",
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU ({os.cpu_count()} cores)",
         "model": opts["model"],
         "image_size": opts["image_size"],
         "batch_size": opts["batch_size"],
