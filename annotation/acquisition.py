@@ -77,8 +77,13 @@ RESULTS_TTL = 12 * 3600
 TOKEN_MAX_AGE = 7 * 24 * 3600
 
 _SUFFIX_BY_FORMAT = {
-    "JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "GIF": ".gif",
-    "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+    "JPEG": ".jpg",
+    "MPO": ".jpg",
+    "PNG": ".png",
+    "GIF": ".gif",
+    "WEBP": ".webp",
+    "BMP": ".bmp",
+    "TIFF": ".tif",
 }
 
 
@@ -101,7 +106,8 @@ def _collection(name: str, kind: str, description: str) -> Collection:
 def web_collection() -> Collection:
     """The collection that holds images downloaded from web searches."""
     return _collection(
-        WEB_COLLECTION, Collection.Kind.WEB,
+        WEB_COLLECTION,
+        Collection.Kind.WEB,
         "Images found by the web search and downloaded because an annotator labelled them.",
     )
 
@@ -109,7 +115,8 @@ def web_collection() -> Collection:
 def upload_collection() -> Collection:
     """The collection that holds images uploaded or fetched by URL for labelling."""
     return _collection(
-        UPLOAD_COLLECTION, Collection.Kind.UPLOAD,
+        UPLOAD_COLLECTION,
+        Collection.Kind.UPLOAD,
         "Images uploaded (or fetched by URL) on the “Upload / URL” page.",
     )
 
@@ -156,11 +163,14 @@ def add_candidates(
     user_id = user.pk if user is not None and getattr(user, "is_authenticated", False) else None
     before = Candidate.objects.filter(category=category, image_id__in=ids).count()
     for start in range(0, len(ids), 2000):
-        chunk = ids[start:start + 2000]
+        chunk = ids[start : start + 2000]
         Candidate.objects.bulk_create(
             [
                 Candidate(
-                    category=category, image_id=i, source=source, added_by_id=user_id,
+                    category=category,
+                    image_id=i,
+                    source=source,
+                    added_by_id=user_id,
                     score=(scores or {}).get(i),
                 )
                 for i in chunk
@@ -248,14 +258,22 @@ class WebResult:
         if not isinstance(data, dict) or not isinstance(data.get("u"), str):
             raise signing.BadSignature("Malformed result key.")
         return cls(
-            url=data["u"], thumb=data.get("t"), term=str(data.get("q") or ""),
-            engine=str(data.get("e") or ""), title=str(data.get("n") or ""),
+            url=data["u"],
+            thumb=data.get("t"),
+            term=str(data.get("q") or ""),
+            engine=str(data.get("e") or ""),
+            title=str(data.get("n") or ""),
             page=data.get("p"),
         )
 
     def as_params(self) -> dict[str, Any]:
-        return {"url": self.url, "thumb": self.thumb, "term": self.term, "engine": self.engine,
-                "title": self.title}
+        return {
+            "url": self.url,
+            "thumb": self.thumb,
+            "term": self.term,
+            "engine": self.engine,
+            "title": self.title,
+        }
 
 
 def preview_token(url: str, *, has_thumb: bool) -> str:
@@ -360,7 +378,10 @@ def fetch_preview(url: str, *, size: str = "thumb", has_thumb: bool = True) -> b
         max_bytes, timeout, total = DOWNLOAD_MAX_BYTES, 10.0, 20.0
     try:
         fetched = safe_fetch.fetch_image(
-            url, max_bytes=max_bytes, max_pixels=PREVIEW_MAX_PIXELS, timeout=timeout,
+            url,
+            max_bytes=max_bytes,
+            max_pixels=PREVIEW_MAX_PIXELS,
+            timeout=timeout,
             total_timeout=total,
         )
         jpeg = _reencode(fetched.content, PREVIEW_SIZES[size])
@@ -442,11 +463,15 @@ def _image_for_url(url: str) -> Image | None:
 def download_web_image(result: WebResult) -> tuple[str, Image]:
     """Fetch one result with all safe-fetch limits and store it in the web collection."""
     fetched = safe_fetch.fetch_image(
-        result.url, max_bytes=DOWNLOAD_MAX_BYTES, max_pixels=DOWNLOAD_MAX_PIXELS,
+        result.url,
+        max_bytes=DOWNLOAD_MAX_BYTES,
+        max_pixels=DOWNLOAD_MAX_PIXELS,
         min_size=DOWNLOAD_MIN_SIZE,
     )
     return store_image_bytes(
-        fetched.content, web_collection(), original_name=name_from_url(fetched.final_url),
+        fetched.content,
+        web_collection(),
+        original_name=name_from_url(fetched.final_url),
         image_format=fetched.format,
     )
 
@@ -474,21 +499,31 @@ def download_labelled_results(
             image = _image_for_url(url)
             if value is None:
                 if image is not None:
-                    saved = save_labels(category, [(image.pk, None)], user=user,
-                                        source=Source.CRAWLER)
+                    saved = save_labels(
+                        category, [(image.pk, None)], user=user, source=Source.CRAWLER
+                    )
                     if saved.saved:
                         report.removed.append({**entry, "image_id": image.pk})
                 continue
             if image is None:
                 status, image = download_web_image(
-                    WebResult(url=url, thumb=item.get("thumb"), term=item.get("term", ""),
-                              engine=item.get("engine", ""))
+                    WebResult(
+                        url=url,
+                        thumb=item.get("thumb"),
+                        term=item.get("term", ""),
+                        engine=item.get("engine", ""),
+                    )
                 )
             else:
                 status = "skipped"
             record_origin(
-                image, source=Source.CRAWLER, url=url, search_term=str(item.get("term") or ""),
-                engine=str(item.get("engine") or ""), category=category, user=user,
+                image,
+                source=Source.CRAWLER,
+                url=url,
+                search_term=str(item.get("term") or ""),
+                engine=str(item.get("engine") or ""),
+                category=category,
+                user=user,
             )
             add_candidates(category, [image.pk], source=Source.CRAWLER, user=user)
             saved = save_labels(category, [(image.pk, value)], user=user, source=Source.CRAWLER)
@@ -551,14 +586,21 @@ def fetch_urls(urls: Sequence[str], *, workers: int = 8) -> tuple[list[IncomingI
     def one(url: str) -> IncomingImage | str:
         try:
             fetched = safe_fetch.fetch_image(
-                url, max_bytes=DOWNLOAD_MAX_BYTES, max_pixels=DOWNLOAD_MAX_PIXELS,
-                timeout=10.0, total_timeout=15.0,
+                url,
+                max_bytes=DOWNLOAD_MAX_BYTES,
+                max_pixels=DOWNLOAD_MAX_PIXELS,
+                timeout=10.0,
+                total_timeout=15.0,
             )
         except safe_fetch.FetchError as exc:
             return f"{url}: {exc.message}"
         return IncomingImage(
-            fetched.content, name_from_url(fetched.final_url), fetched.format,
-            fetched.width, fetched.height, url=url,
+            fetched.content,
+            name_from_url(fetched.final_url),
+            fetched.format,
+            fetched.width,
+            fetched.height,
+            url=url,
         )
 
     if not urls:
@@ -605,8 +647,9 @@ def add_images_to_category(
                     report.imported += 1
                 else:
                     report.already_stored += 1
-                record_origin(image, source=Source.UPLOAD, url=item.url, category=category,
-                              user=user)
+                record_origin(
+                    image, source=Source.UPLOAD, url=item.url, category=category, user=user
+                )
                 report.image_ids.append(image.pk)
             report.image_ids = list(dict.fromkeys(report.image_ids))
             report.new_candidates = add_candidates(

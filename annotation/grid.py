@@ -219,10 +219,14 @@ def image_item(
     video = image.video if image.video_id else None
     shot = image.shot if image.shot_id else None
     row = {
-        "id": image.pk, "file": image.file, "thumbnail": image.thumbnail,
-        "original_name": image.original_name, "time_ms": image.time_ms,
+        "id": image.pk,
+        "file": image.file,
+        "thumbnail": image.thumbnail,
+        "original_name": image.original_name,
+        "time_ms": image.time_ms,
         "video_id": image.video_id,
-        "video__title": video.title if video else "", "video__file": video.file if video else "",
+        "video__title": video.title if video else "",
+        "video__file": video.file if video else "",
         "shot_id": image.shot_id,
         "shot__start_ms": shot.start_ms if shot else None,
         "shot__end_ms": shot.end_ms if shot else None,
@@ -233,8 +237,17 @@ def image_item(
 # Columns of an image row a grid cell needs (``values()`` rows, no model instances:
 # building five model objects per cell cost more than the queries).
 _ROW_FIELDS = (
-    "id", "file", "thumbnail", "original_name", "time_ms", "video_id", "video__title",
-    "video__file", "shot_id", "shot__start_ms", "shot__end_ms",
+    "id",
+    "file",
+    "thumbnail",
+    "original_name",
+    "time_ms",
+    "video_id",
+    "video__title",
+    "video__file",
+    "shot_id",
+    "shot__start_ms",
+    "shot__end_ms",
 )
 
 
@@ -257,8 +270,7 @@ def _item(row: dict, prefix: str, label: int | None, extra: str, links: _Links) 
         else:
             moment = (time_ms or 0) / 1000
             start, end = max(0.0, moment - SHOT_PADDING_S), moment + SHOT_PADDING_S
-        item["video"] = {"src": media_url(row[prefix + "video__file"]), "start": start,
-                         "end": end}
+        item["video"] = {"src": media_url(row[prefix + "video__file"]), "start": start, "end": end}
         item["link"] = links.video.format(video_id)
     else:
         item["caption"] = row[prefix + "original_name"] or f"Image {pk}"
@@ -418,8 +430,14 @@ def _page_keys(
     ordered = listing.qs.order_by(*listing.order)
     cursor = _parse_cursor(after, len(listing.order))
     if cursor is not None:
-        return (list(_after(ordered, listing.order, cursor).values_list("pk", flat=True)
-                     [: per_page + 1]), number, total, approximate)
+        return (
+            list(
+                _after(ordered, listing.order, cursor).values_list("pk", flat=True)[: per_page + 1]
+            ),
+            number,
+            total,
+            approximate,
+        )
     pages = max(1, math.ceil(total / per_page))
     number = min(max(1, number), pages)
     offset = (number - 1) * per_page
@@ -429,7 +447,8 @@ def _page_keys(
         if block - 1 < len(anchors):
             anchor = (
                 listing.qs.model._default_manager.filter(pk=anchors[block - 1])
-                .only(*(f.lstrip("-") for f in listing.order)).first()
+                .only(*(f.lstrip("-") for f in listing.order))
+                .first()
             )
             if anchor is not None:
                 start = offset - block * ANCHOR_EVERY
@@ -440,8 +459,9 @@ def _page_keys(
     return pks, number, total, approximate
 
 
-def _rows(qs: QuerySet, pks: list[int], per_page: int, order: tuple[str, ...],
-          *fields: str) -> tuple[list[dict], str | None]:
+def _rows(
+    qs: QuerySet, pks: list[int], per_page: int, order: tuple[str, ...], *fields: str
+) -> tuple[list[dict], str | None]:
     """The page's rows as dicts in key order (one query) and the "next" cursor.
 
     ``pks`` carries one look-ahead key: when present there is a next page, and the
@@ -480,15 +500,25 @@ def candidate_page(
         base = base.filter(~_unlabelled(category.pk, "image_id"))
     order = ("-added_at", "id")
     listing = _Listing(
-        base, order, f"viva:grid:cand:{category.pk}:{int(unlabelled_only)}",
+        base,
+        order,
+        f"viva:grid:cand:{category.pk}:{int(unlabelled_only)}",
         anchored=unlabelled_only,
     )
     pks, number, total, approximate = _page_keys(
         listing, number=page, per_page=per_page, after=after
     )
     rows_qs = Candidate.objects.annotate(current=_label_subquery(category.pk, "image_id"))
-    rows, cursor = _rows(rows_qs, pks, per_page, order, "score", "source", "current",
-                         *(f"image__{f}" for f in _ROW_FIELDS))
+    rows, cursor = _rows(
+        rows_qs,
+        pks,
+        per_page,
+        order,
+        "score",
+        "source",
+        "current",
+        *(f"image__{f}" for f in _ROW_FIELDS),
+    )
     links = _Links()
     items = []
     for row in rows:
@@ -541,8 +571,16 @@ def review_page(
     pks, number, total_n, approximate = _page_keys(
         listing, number=page, per_page=per_page, after=after
     )
-    rows, cursor = _rows(Annotation.objects.all(), pks, per_page, order, "value", "source",
-                         "user__username", *(f"image__{f}" for f in _ROW_FIELDS))
+    rows, cursor = _rows(
+        Annotation.objects.all(),
+        pks,
+        per_page,
+        order,
+        "value",
+        "source",
+        "user__username",
+        *(f"image__{f}" for f in _ROW_FIELDS),
+    )
     links = _Links()
     sources = dict(Source.choices)
     items = []
@@ -616,11 +654,23 @@ def archive_page(
     total = None
     if unlabelled_only and not collection_id and not video_id and cache.get(key) is None:
         labelled = Annotation.objects.filter(category_id=category.pk, face__isnull=True)
-        total = (max(0, _counted(images, "viva:grid:archive:all")[0]
-                     - _counted(labelled, f"viva:grid:labelled:{category.pk}")[0]), False)
+        total = (
+            max(
+                0,
+                _counted(images, "viva:grid:archive:all")[0]
+                - _counted(labelled, f"viva:grid:labelled:{category.pk}")[0],
+            ),
+            False,
+        )
     return images_page(
-        images, category, page=page, per_page=per_page, after=after,
-        unlabelled_only=unlabelled_only, count_key=key, total=total,
+        images,
+        category,
+        page=page,
+        per_page=per_page,
+        after=after,
+        unlabelled_only=unlabelled_only,
+        count_key=key,
+        total=total,
     )
 
 
@@ -636,9 +686,7 @@ def naive_page_items(
     links = _Links()
     items = []
     for image in images.select_related("video", "shot").order_by("id")[start : start + per_page]:
-        ann = Annotation.objects.filter(
-            category=category, image=image, face__isnull=True
-        ).first()
+        ann = Annotation.objects.filter(category=category, image=image, face__isnull=True).first()
         items.append(image_item(image, ann.value if ann else None, links=links))
     return items
 

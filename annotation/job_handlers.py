@@ -65,9 +65,7 @@ def sequence_import_job(ctx: JobContext) -> dict:
             ctx.log(line)
         path.unlink(missing_ok=True)  # resuming cannot fix the file; a new upload can
         more = f" (and {len(lines) - 10} more, see the log)" if len(lines) > 10 else ""
-        raise JobError(
-            f"{name} was not imported: " + "; ".join(lines[:10]) + more
-        ) from None
+        raise JobError(f"{name} was not imported: " + "; ".join(lines[:10]) + more) from None
     result = summary.as_dict()
     ctx.log(result["summary"])
     for warning in result["warnings"][:50]:

@@ -103,9 +103,7 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
             Image.objects.filter(pk__in=list(wanted)).values_list("pk", flat=True)
         )
         for image_id in wanted.keys() - existing_images:
-            result.rejected.append(
-                {"image": image_id, "error": "This image no longer exists."}
-            )
+            result.rejected.append({"image": image_id, "error": "This image no longer exists."})
         current = {
             a.image_id: a
             for a in Annotation.objects.select_for_update()
@@ -121,20 +119,33 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
                 result.unchanged += 1
                 continue
             if row is None:
-                to_create.append(Annotation(
-                    image_id=image_id, category_id=category_id, value=value,
-                    source=source, user_id=user_id, updated_at=now,
-                ))
+                to_create.append(
+                    Annotation(
+                        image_id=image_id,
+                        category_id=category_id,
+                        value=value,
+                        source=source,
+                        user_id=user_id,
+                        updated_at=now,
+                    )
+                )
             elif value is None:
                 to_delete.append(row.pk)
             else:
                 row.value, row.source, row.user_id, row.updated_at = value, source, user_id, now
                 to_update.append(row)
-            events.append(AnnotationEvent(
-                image_id=image_id, category_id=category_id, category_name=category.name,
-                old_value=old, new_value=value, source=source, user_id=user_id,
-                created_at=now,
-            ))
+            events.append(
+                AnnotationEvent(
+                    image_id=image_id,
+                    category_id=category_id,
+                    category_name=category.name,
+                    old_value=old,
+                    new_value=value,
+                    source=source,
+                    user_id=user_id,
+                    created_at=now,
+                )
+            )
         if to_create:
             Annotation.objects.bulk_create(to_create)
         # One UPDATE per new value (at most three) instead of bulk_update's CASE per row.
@@ -161,9 +172,15 @@ def delete_category(category: Category, *, user=None) -> int:
         AnnotationEvent.objects.bulk_create(
             (
                 AnnotationEvent(
-                    image_id=image_id, face_id=face_id, category_id=category.pk,
-                    category_name=category.name, old_value=value, new_value=None,
-                    source=Source.DELETE, user_id=user_id, created_at=now,
+                    image_id=image_id,
+                    face_id=face_id,
+                    category_id=category.pk,
+                    category_name=category.name,
+                    old_value=value,
+                    new_value=None,
+                    source=Source.DELETE,
+                    user_id=user_id,
+                    created_at=now,
                 )
                 for image_id, face_id, value in rows
             ),

@@ -70,7 +70,10 @@ class Annotation(models.Model):
     value = models.SmallIntegerField(choices=Label.choices)
     source = models.CharField(max_length=20, choices=Source.choices, default=Source.GRID)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         db_index=False,
     )
     updated_at = models.DateTimeField()
@@ -101,6 +104,9 @@ class Annotation(models.Model):
             models.Index(fields=["image", "category"], name="annotation_image"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.get_value_display()} {self.category_id} · image {self.image_id}"
+
 
 class AnnotationEvent(models.Model):
     """Append-only history: every change of every label, who made it, and from where.
@@ -117,13 +123,19 @@ class AnnotationEvent(models.Model):
     new_value = models.SmallIntegerField(null=True, blank=True, choices=Label.choices)
     source = models.CharField(max_length=20, choices=Source.choices)
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         db_index=False,
     )
     created_at = models.DateTimeField()
 
     class Meta:
         ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.category_name} · image {self.image_id}: {self.old_value} → {self.new_value}"
 
 
 class ImageOrigin(models.Model):
@@ -142,6 +154,9 @@ class ImageOrigin(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.url or self.get_source_display()
 
 
 class Candidate(models.Model):
@@ -162,3 +177,6 @@ class Candidate(models.Model):
             models.UniqueConstraint(fields=["category", "image"], name="candidate_unique")
         ]
         indexes = [models.Index(fields=["category", "-added_at"], name="candidate_recent")]
+
+    def __str__(self) -> str:
+        return f"candidate image {self.image_id} for category {self.category_id}"

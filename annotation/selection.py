@@ -100,9 +100,7 @@ class CategoryRequiredMixin:
             params = {"next": request.get_full_path()}
             if self.category_kind:
                 params["kind"] = self.category_kind
-            return HttpResponseRedirect(
-                reverse("annotation:categories") + "?" + urlencode(params)
-            )
+            return HttpResponseRedirect(reverse("annotation:categories") + "?" + urlencode(params))
         self.category = category
         return super().dispatch(request, *args, **kwargs)
 

@@ -254,10 +254,15 @@ def read_rows(text: str) -> tuple[list[_Row], list[LineError]]:
                     columns = {"label": -1, **header}
                     continue
                 if _looks_like_header(cells):
-                    errors.append(LineError(line, (
-                        "This looks like a header, but its columns are not named "
-                        "video, start, end (and optionally label)."
-                    )))
+                    errors.append(
+                        LineError(
+                            line,
+                            (
+                                "This looks like a header, but its columns are not named "
+                                "video, start, end (and optionally label)."
+                            ),
+                        )
+                    )
                     continue
             if len(rows) >= MAX_ROWS:
                 errors.append(LineError(line, f"More than {MAX_ROWS} rows; split the file."))
@@ -279,15 +284,19 @@ def _read_row(
 ) -> _Row | None:
     needed = max(columns["video"], columns["start"], columns["end"]) + 1
     if len(cells) < needed:
-        errors.append(LineError(
-            line, f"Expected at least {needed} columns (video, start, end), found {len(cells)}."
-        ))
+        errors.append(
+            LineError(
+                line, f"Expected at least {needed} columns (video, start, end), found {len(cells)}."
+            )
+        )
         return None
     label_col = columns.get("label", -1)
     if label_col < 0 and len(cells) > 4:
-        errors.append(LineError(
-            line, f"Expected 3 or 4 columns (video, start, end, label), found {len(cells)}."
-        ))
+        errors.append(
+            LineError(
+                line, f"Expected 3 or 4 columns (video, start, end, label), found {len(cells)}."
+            )
+        )
         return None
     if label_col < 0 and len(cells) == 4:
         label_col = 3
@@ -345,12 +354,16 @@ def resolve_videos(refs: Iterable[str]) -> tuple[dict[str, Video], dict[str, str
     if rest:
         names = {r: _basename(r) for r in rest}
         query = Q(file__in=rest) | Q(original_name__in=rest | set(names.values()))
-        candidates = list(Video.objects.filter(query).only(
-            "pk", "file", "original_name", "title", "fps", "n_frames", "duration_ms"
-        ))
+        candidates = list(
+            Video.objects.filter(query).only(
+                "pk", "file", "original_name", "title", "fps", "n_frames", "duration_ms"
+            )
+        )
         for ref in rest:
             for field_name, wanted in (
-                ("file", ref), ("original_name", ref), ("original_name", names[ref])
+                ("file", ref),
+                ("original_name", ref),
+                ("original_name", names[ref]),
             ):
                 matches = [v for v in candidates if getattr(v, field_name) == wanted]
                 if len(matches) == 1:
@@ -390,17 +403,27 @@ def plan_import(content: bytes) -> Plan:
             errors.append(LineError(row.line, f"Video {video.pk} has no frame rate."))
             continue
         if video.duration_ms and row.start_ms >= video.duration_ms:
-            errors.append(LineError(row.line, (
-                f"The interval starts at {format_ms(row.start_ms)}, after the end of "
-                f"“{video.title}” ({format_ms(video.duration_ms)})."
-            )))
+            errors.append(
+                LineError(
+                    row.line,
+                    (
+                        f"The interval starts at {format_ms(row.start_ms)}, after the end of "
+                        f"“{video.title}” ({format_ms(video.duration_ms)})."
+                    ),
+                )
+            )
             continue
         end = row.end_ms
         if video.duration_ms and end > video.duration_ms:
-            plan.warnings.append(LineError(row.line, (
-                f"The end {format_ms(end)} is after the end of “{video.title}”; "
-                f"used {format_ms(video.duration_ms)}."
-            )))
+            plan.warnings.append(
+                LineError(
+                    row.line,
+                    (
+                        f"The end {format_ms(end)} is after the end of “{video.title}”; "
+                        f"used {format_ms(video.duration_ms)}."
+                    ),
+                )
+            )
             end = video.duration_ms
         plan.intervals.append(Interval(row.line, video.pk, row.start_ms, end, row.label))
         if len(errors) >= MAX_ERRORS:
@@ -487,7 +510,7 @@ def apply_plan(plan: Plan, category: Category, *, user=None) -> ImportSummary:
         )
         for start in range(0, len(labelled), LABEL_BATCH):
             result = save_labels(
-                category, labelled[start:start + LABEL_BATCH], user=user, source=Source.IMPORT
+                category, labelled[start : start + LABEL_BATCH], user=user, source=Source.IMPORT
             )
             summary.labels_saved += result.saved
     return summary

@@ -48,7 +48,6 @@ def _clear_cache():
 
 
 def make_user(username: str, role: int, **extra):
-    from viva.models import Profile
 
     user = get_user_model().objects.create_user(username=username, password=PASSWORD, **extra)
     Profile.objects.update_or_create(user=user, defaults={"role": role})
@@ -100,10 +99,28 @@ class WorkerProcess:
         self.log_path = Path(settings.VAR_DIR) / f"worker-{name}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "viva", "worker", "-Q", "default,io,gpu",
-             "-c", "2", "-l", "info", "-n", f"{name}@%h", "--without-heartbeat",
-             "--without-mingle", "--without-gossip"],
-            env=_worker_env(), stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "viva",
+                "worker",
+                "-Q",
+                "default,io,gpu",
+                "-c",
+                "2",
+                "-l",
+                "info",
+                "-n",
+                f"{name}@%h",
+                "--without-heartbeat",
+                "--without-mingle",
+                "--without-gossip",
+            ],
+            env=_worker_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
             cwd=settings.BASE_DIR,
         )
         deadline = time.monotonic() + 60

@@ -50,16 +50,19 @@ def png_bomb(width: int, height: int) -> bytes:
     """A tiny, valid 1-bit PNG that declares ``width × height`` pixels."""
 
     def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(
-            ">I", zlib.crc32(tag + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + tag
+            + data
+            + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
         )
 
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     row = b"\x00" * (1 + (width + 7) // 8)
     packer = zlib.compressobj(9)
     data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
     )
 
 
@@ -145,12 +148,18 @@ def fake_web(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWeb]:
     for i in range(10):
         web.static(f"/img/{i}.png", png(i))
         web.static(f"/thumb/{i}.png", png(100 + i, (160, 120)))
-        web.bing_items.append({
-            "murl": web.url(f"/img/{i}.png"), "turl": web.url(f"/thumb/{i}.png"),
-            "t": f"result {i}",
-        })
-    web.routes["/bing"] = lambda _h: (200, {"Content-Type": "text/html"},
-                                      bing_fragment(web.bing_items))
+        web.bing_items.append(
+            {
+                "murl": web.url(f"/img/{i}.png"),
+                "turl": web.url(f"/thumb/{i}.png"),
+                "t": f"result {i}",
+            }
+        )
+    web.routes["/bing"] = lambda _h: (
+        200,
+        {"Content-Type": "text/html"},
+        bing_fragment(web.bing_items),
+    )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setitem(crawler.SOURCES, "bing", crawler.BingSource(base_url=web.url("/bing")))
@@ -199,8 +208,11 @@ def search(client, term: str = "brandenburg gate", **extra) -> Any:
 
 
 def save(client, grid: dict[str, Any], labels: list[tuple[str, int | None]]) -> Any:
-    body = {"category": grid["category_id"], "source": grid["source"],
-            "labels": [{"key": k, "value": v} for k, v in labels]}
+    body = {
+        "category": grid["category_id"],
+        "source": grid["source"],
+        "labels": [{"key": k, "value": v} for k, v in labels],
+    }
     return client.post(grid["save_url"], json.dumps(body), content_type="application/json")
 
 
@@ -284,7 +296,9 @@ def test_preview_of_a_private_thumbnail_is_refused(annotator, fake_web, isolated
 
 def test_preview_of_a_huge_thumbnail_is_refused(annotator, fake_web, isolated):
     fake_web.routes["/thumb/1.png"] = lambda _h: (
-        200, {"Content-Type": "image/png", "Content-Length": str(50 * 2**20)}, b""
+        200,
+        {"Content-Type": "image/png", "Content-Length": str(50 * 2**20)},
+        b"",
     )
     grid = grid_of(search(annotator))
     response = annotator.get(grid["items"][1]["thumb"])
@@ -296,8 +310,9 @@ def test_preview_of_a_huge_thumbnail_is_refused(annotator, fake_web, isolated):
 # --------------------------------------------------------------------------
 
 
-def test_labelling_three_of_ten_downloads_only_those(annotator, fake_web, isolated, users,
-                                                      category):
+def test_labelling_three_of_ten_downloads_only_those(
+    annotator, fake_web, isolated, users, category
+):
     grid = grid_of(search(annotator, term="gate at night"))
     keys = [item["key"] for item in grid["items"]]
     response = save(annotator, grid, [(keys[0], 1), (keys[1], -1), (keys[2], 0)])
@@ -322,15 +337,20 @@ def test_labelling_three_of_ten_downloads_only_those(annotator, fake_web, isolat
         assert origin.user == users["annotator"]
     by_url = {o.url: o.image_id for o in origins}
     labels = dict(Annotation.objects.values_list("image_id", "value"))
-    assert labels == {by_url[fake_web.url("/img/0.png")]: 1,
-                      by_url[fake_web.url("/img/1.png")]: -1,
-                      by_url[fake_web.url("/img/2.png")]: 0}
+    assert labels == {
+        by_url[fake_web.url("/img/0.png")]: 1,
+        by_url[fake_web.url("/img/1.png")]: -1,
+        by_url[fake_web.url("/img/2.png")]: 0,
+    }
     assert set(AnnotationEvent.objects.values_list("source", flat=True)) == {"crawler"}
     assert Candidate.objects.filter(category=category).count() == 3
 
     # The results page now shows the stored labels.
-    again = grid_of(annotator.get(reverse("annotation:crawl") + "?" +
-                                  grid["page"]["current_url"].split("?", 1)[1]))
+    again = grid_of(
+        annotator.get(
+            reverse("annotation:crawl") + "?" + grid["page"]["current_url"].split("?", 1)[1]
+        )
+    )
     assert [i["label"] for i in again["items"][:4]] == [1, -1, 0, None]
 
 
@@ -344,8 +364,11 @@ def test_the_download_job_is_idempotent(annotator, fake_web, isolated):
     job = run_download(save(annotator, grid, labels))
     assert job.result["reused"] and not job.result["downloaded"]
     assert sum(fake_web.hits.values()) == hits
-    assert (Image.objects.count(), ImageOrigin.objects.count(),
-            AnnotationEvent.objects.count()) == counts
+    assert (
+        Image.objects.count(),
+        ImageOrigin.objects.count(),
+        AnnotationEvent.objects.count(),
+    ) == counts
 
 
 def test_changing_and_removing_a_label_of_a_downloaded_result(annotator, fake_web, isolated):
@@ -360,14 +383,12 @@ def test_changing_and_removing_a_label_of_a_downloaded_result(annotator, fake_we
     assert fake_web.hits["/img/0.png"] == 1
 
 
-def test_the_same_image_under_two_urls_is_one_image_with_two_origins(annotator, fake_web,
-                                                                     isolated):
+def test_the_same_image_under_two_urls_is_one_image_with_two_origins(annotator, fake_web, isolated):
     fake_web.static("/mirror/copy-of-0.png", png(0))
     fake_web.bing_items.append({"murl": fake_web.url("/mirror/copy-of-0.png"), "t": "mirror"})
     grid = grid_of(search(annotator))
     by_title = {i["caption"]: i["key"] for i in grid["items"]}
-    job = run_download(save(annotator, grid, [(by_title["result 0"], 1),
-                                              (by_title["mirror"], 1)]))
+    job = run_download(save(annotator, grid, [(by_title["result 0"], 1), (by_title["mirror"], 1)]))
     assert job.result["stored"] == 2
     assert Image.objects.count() == 1
     image = Image.objects.get()
@@ -414,7 +435,9 @@ def test_unsafe_or_bad_results_are_refused(annotator, fake_web, isolated, setup,
         url = fake_web.redirect("/go/elsewhere.png", "http://10.1.2.3/internal.png")
     elif setup == "oversized":
         fake_web.routes["/img/huge.png"] = lambda _h: (
-            200, {"Content-Type": "image/png", "Content-Length": str(300 * 2**20)}, b""
+            200,
+            {"Content-Type": "image/png", "Content-Length": str(300 * 2**20)},
+            b"",
         )
         url = fake_web.url("/img/huge.png")
     elif setup == "not_image":
@@ -451,10 +474,14 @@ def test_loopback_is_refused_when_not_allowed(annotator, fake_web, isolated, set
 
 
 def test_keys_not_made_by_the_server_are_rejected(annotator, category, isolated):
-    body = {"category": category.pk, "source": "crawler",
-            "labels": [{"key": "http://169.254.169.254/latest/meta-data/", "value": 1}]}
-    response = annotator.post(reverse("annotation:crawl_save"), json.dumps(body),
-                              content_type="application/json")
+    body = {
+        "category": category.pk,
+        "source": "crawler",
+        "labels": [{"key": "http://169.254.169.254/latest/meta-data/", "value": 1}],
+    }
+    response = annotator.post(
+        reverse("annotation:crawl_save"), json.dumps(body), content_type="application/json"
+    )
     assert response.status_code == 200
     assert "not valid" in response.json()["rejected"][0]["error"]
     assert Job.objects.count() == 0
@@ -488,9 +515,16 @@ def test_offline_says_so_clearly(annotator, isolated, monkeypatch):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     monkeypatch.setattr("annotation.safe_fetch.socket.getaddrinfo", no_dns)
-    response = annotator.post(reverse("annotation:crawl"), {
-        "term": "cat", "source": "bing", "limit": 50, "image_type": "", "min_size": 224,
-    })
+    response = annotator.post(
+        reverse("annotation:crawl"),
+        {
+            "term": "cat",
+            "source": "bing",
+            "limit": 50,
+            "image_type": "",
+            "min_size": 224,
+        },
+    )
     assert response.status_code == 200
     text = response.content.decode()
     assert "No internet connection." in text
@@ -500,9 +534,16 @@ def test_offline_says_so_clearly(annotator, isolated, monkeypatch):
 
 def test_an_engine_that_answers_garbage_gives_a_message(annotator, fake_web, isolated):
     fake_web.routes["/bing"] = lambda _h: (500, {"Content-Type": "text/plain"}, b"oops")
-    response = annotator.post(reverse("annotation:crawl"), {
-        "term": "cat", "source": "bing", "limit": 50, "image_type": "", "min_size": 0,
-    })
+    response = annotator.post(
+        reverse("annotation:crawl"),
+        {
+            "term": "cat",
+            "source": "bing",
+            "limit": 50,
+            "image_type": "",
+            "min_size": 0,
+        },
+    )
     assert response.status_code == 200
     assert "HTTP 500" in response.content.decode()
 
@@ -512,8 +553,9 @@ def test_expired_search_goes_back_to_the_form(annotator, isolated):
     assert response.status_code == 302 and response["Location"] == reverse("annotation:crawl")
 
 
-def test_another_users_search_is_not_shown(annotator, fake_web, isolated, client_for,
-                                          category, users):
+def test_another_users_search_is_not_shown(
+    annotator, fake_web, isolated, client_for, category, users
+):
     page = search(annotator)
     url = page.wsgi_request.get_full_path()
     other = client_for("trainer")
@@ -525,8 +567,12 @@ def test_researchers_may_not_crawl(client_for, category, isolated):
     client = client_for("researcher")
     client.post(reverse("annotation:category_select"), {"category": category.pk})
     assert client.get(reverse("annotation:crawl")).status_code == 403
-    assert client.post(reverse("annotation:crawl_save"), "{}",
-                       content_type="application/json").status_code == 403
+    assert (
+        client.post(
+            reverse("annotation:crawl_save"), "{}", content_type="application/json"
+        ).status_code
+        == 403
+    )
     assert client.get(reverse("annotation:preview")).status_code == 403
 
 
@@ -543,8 +589,9 @@ def test_the_crawl_page_needs_a_selected_category(client_for, db, isolated):
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_crawl_page_in_a_browser(page, live_server, users, fake_web, settings, tmp_path,
-                                 monkeypatch):
+def test_crawl_page_in_a_browser(
+    page, live_server, users, fake_web, settings, tmp_path, monkeypatch
+):
     from tests.fixtures_browser import login, screenshot
 
     settings.MEDIA_ROOT = tmp_path / "media"

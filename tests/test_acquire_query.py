@@ -57,10 +57,14 @@ def test_upload_page(annotator, isolated, category):
 
 
 def test_uploaded_images_become_labelled_candidates(annotator, isolated, category, users):
-    response = annotator.post(reverse("annotation:upload"), {
-        "files": [upload("a.png", png(1)), upload("b.png", png(2))],
-        "urls": "", "label_positive": "on",
-    })
+    response = annotator.post(
+        reverse("annotation:upload"),
+        {
+            "files": [upload("a.png", png(1)), upload("b.png", png(2))],
+            "urls": "",
+            "label_positive": "on",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:3000]
     collection = Collection.objects.get(kind=Collection.Kind.UPLOAD)
     assert collection.images.count() == 2
@@ -77,24 +81,31 @@ def test_uploaded_images_become_labelled_candidates(annotator, isolated, categor
 
 
 def test_upload_without_label_only_adds_candidates(annotator, isolated, category):
-    response = annotator.post(reverse("annotation:upload"),
-                              {"files": [upload("a.png", png(3))], "urls": ""})
+    response = annotator.post(
+        reverse("annotation:upload"), {"files": [upload("a.png", png(3))], "urls": ""}
+    )
     assert response.status_code == 302
     assert Candidate.objects.count() == 1 and Annotation.objects.count() == 0
 
 
 def test_the_same_picture_twice_is_one_image(annotator, isolated):
-    annotator.post(reverse("annotation:upload"), {
-        "files": [upload("a.png", png(4)), upload("copy.png", png(4))], "urls": "",
-    })
+    annotator.post(
+        reverse("annotation:upload"),
+        {
+            "files": [upload("a.png", png(4)), upload("copy.png", png(4))],
+            "urls": "",
+        },
+    )
     assert Image.objects.count() == 1 and Candidate.objects.count() == 1
 
 
-def test_image_urls_are_fetched_safely_and_stored_with_their_origin(annotator, fake_web,
-                                                                  isolated, category):
+def test_image_urls_are_fetched_safely_and_stored_with_their_origin(
+    annotator, fake_web, isolated, category
+):
     url = fake_web.url("/img/3.png")
-    response = annotator.post(reverse("annotation:upload"),
-                              {"urls": f"{url}\n\n", "label_positive": "on"})
+    response = annotator.post(
+        reverse("annotation:upload"), {"urls": f"{url}\n\n", "label_positive": "on"}
+    )
     assert response.status_code == 302
     origin = ImageOrigin.objects.get()
     assert origin.url == url and origin.source == "upload" and origin.category == category
@@ -121,8 +132,7 @@ def closed_port() -> int:
         ("missing_url", "HTTP 404"),
     ],
 )
-def test_bad_input_is_refused_and_nothing_is_stored(annotator, fake_web, isolated, kind,
-                                                    expected):
+def test_bad_input_is_refused_and_nothing_is_stored(annotator, fake_web, isolated, kind, expected):
     files = [upload("good.png", png(7))]  # a good image beside the bad one: all or nothing
     urls: list[str] = []
     if kind == "text_file":
@@ -141,9 +151,14 @@ def test_bad_input_is_refused_and_nothing_is_stored(annotator, fake_web, isolate
         urls.append(fake_web.static("/page", b"<html></html>", "text/html"))
     else:
         urls.append(fake_web.url("/nothing-here.png"))
-    response = annotator.post(reverse("annotation:upload"), {
-        "files": files, "urls": "\n".join(urls), "label_positive": "on",
-    })
+    response = annotator.post(
+        reverse("annotation:upload"),
+        {
+            "files": files,
+            "urls": "\n".join(urls),
+            "label_positive": "on",
+        },
+    )
     assert response.status_code == 400
     text = response.content.decode()
     assert "Nothing was stored" in text and expected in text
@@ -179,8 +194,9 @@ def test_similar_page_says_the_index_is_not_built(annotator, isolated, no_backen
 
 
 def test_find_more_like_these_without_index(annotator, isolated, category, no_backend):
-    annotator.post(reverse("annotation:upload"),
-                   {"files": [upload("a.png", png(1))], "label_positive": "on"})
+    annotator.post(
+        reverse("annotation:upload"), {"files": [upload("a.png", png(1))], "label_positive": "on"}
+    )
     candidates = Candidate.objects.count()
     response = annotator.post(reverse("annotation:similar"), {"mode": "positives", "k": 50})
     assert response.status_code == 200
@@ -195,29 +211,42 @@ def test_find_more_like_these_needs_positives(annotator, isolated, no_backend):
     assert "has no positive images yet" in response.content.decode()
 
 
-def test_query_by_upload_without_index_stores_nothing(annotator, fake_web, isolated,
-                                                      no_backend):
-    response = annotator.post(reverse("annotation:similar"), {
-        "mode": "images", "files": [upload("q.png", png(9))],
-        "urls": fake_web.url("/img/1.png"),
-    })
+def test_query_by_upload_without_index_stores_nothing(annotator, fake_web, isolated, no_backend):
+    response = annotator.post(
+        reverse("annotation:similar"),
+        {
+            "mode": "images",
+            "files": [upload("q.png", png(9))],
+            "urls": fake_web.url("/img/1.png"),
+        },
+    )
     assert response.status_code == 200
     assert "similarity index is not built yet" in response.content.decode()
     assert_nothing_stored()
 
 
 def test_bad_query_image_is_refused(annotator, isolated, no_backend):
-    response = annotator.post(reverse("annotation:similar"), {
-        "mode": "images", "files": [upload("q.png", b"GIF89a broken")],
-    })
+    response = annotator.post(
+        reverse("annotation:similar"),
+        {
+            "mode": "images",
+            "files": [upload("q.png", b"GIF89a broken")],
+        },
+    )
     assert response.status_code == 400
     assert "q.png: The file is not an image." in response.content.decode()
 
 
 def test_upload_page_can_send_its_images_as_a_query(annotator, isolated, no_backend):
-    response = annotator.post(reverse("annotation:similar"), {
-        "mode": "images", "files": [upload("q.png", png(9))], "urls": "", "label_positive": "on",
-    })
+    response = annotator.post(
+        reverse("annotation:similar"),
+        {
+            "mode": "images",
+            "files": [upload("q.png", png(9))],
+            "urls": "",
+            "label_positive": "on",
+        },
+    )
     assert response.status_code == 200
     assert "similarity index is not built yet" in response.content.decode()
     assert_nothing_stored()
@@ -263,8 +292,14 @@ def stand_in(settings):
 def archive_images(n: int) -> list[Image]:
     collection = Collection.objects.create(name="keyframes")
     return [
-        Image.objects.create(collection=collection, file=f"k/{i}.jpg", thumbnail=f"k/{i}_t.jpg",
-                             sha256=f"{i:064d}", width=320, height=240)
+        Image.objects.create(
+            collection=collection,
+            file=f"k/{i}.jpg",
+            thumbnail=f"k/{i}_t.jpg",
+            sha256=f"{i:064d}",
+            width=320,
+            height=240,
+        )
         for i in range(n)
     ]
 
@@ -276,30 +311,44 @@ def grid_of(response) -> dict[str, Any]:
 def test_results_of_the_index_are_shown_in_the_grid(annotator, isolated, category, stand_in):
     images = archive_images(4)
     stand_in.answer = [(images[2].pk, 3.0), (images[0].pk, 7.0), (images[3].pk, 11.0)]
-    response = annotator.post(reverse("annotation:similar"), {
-        "mode": "images", "files": [upload("q.png", png(9))], "k": 10,
-    })
+    response = annotator.post(
+        reverse("annotation:similar"),
+        {
+            "mode": "images",
+            "files": [upload("q.png", png(9))],
+            "k": 10,
+        },
+    )
     assert response.status_code == 302
     query = stand_in.queries[-1]
     assert len(query) == 1 and isinstance(query[0], PILImage.Image)
     grid = grid_of(annotator.get(response["Location"]))
-    assert [i["key"] for i in grid["items"]] == [str(images[2].pk), str(images[0].pk),
-                                                  str(images[3].pk)]
+    assert [i["key"] for i in grid["items"]] == [
+        str(images[2].pk),
+        str(images[0].pk),
+        str(images[3].pk),
+    ]
     assert grid["items"][0]["extra"] == "distance 3"
     assert grid["source"] == "similarity" and grid["save_url"] == reverse("annotation:save_labels")
     # Labels given on the results page are "similarity" labels.
-    body = {"category": category.pk, "source": grid["source"],
-            "labels": [{"key": grid["items"][0]["key"], "value": 1}]}
+    body = {
+        "category": category.pk,
+        "source": grid["source"],
+        "labels": [{"key": grid["items"][0]["key"], "value": 1}],
+    }
     saved = annotator.post(grid["save_url"], json.dumps(body), content_type="application/json")
     assert saved.status_code == 200 and saved.json()["saved"] == 1
     assert Annotation.objects.get().source == "similarity"
     # … and all results can become candidates at once, with their distance.
     query_id = response["Location"].split("query=")[1]
-    added = annotator.post(reverse("annotation:similar"),
-                           {"action": "add_candidates", "query": query_id})
+    added = annotator.post(
+        reverse("annotation:similar"), {"action": "add_candidates", "query": query_id}
+    )
     assert added.status_code == 302
     assert dict(Candidate.objects.values_list("image_id", "score")) == {
-        images[2].pk: 3.0, images[0].pk: 7.0, images[3].pk: 11.0
+        images[2].pk: 3.0,
+        images[0].pk: 7.0,
+        images[3].pk: 11.0,
     }
     assert Image.objects.count() == 4  # the query image was not stored
 
@@ -329,9 +378,13 @@ def test_a_backend_whose_index_is_building_says_so(annotator, isolated, stand_in
     archive_images(1)
     page = annotator.get(reverse("annotation:similar"))
     assert "Index still building." in page.content.decode()
-    response = annotator.post(reverse("annotation:similar"), {
-        "mode": "images", "files": [upload("q.png", png(9))],
-    })
+    response = annotator.post(
+        reverse("annotation:similar"),
+        {
+            "mode": "images",
+            "files": [upload("q.png", png(9))],
+        },
+    )
     assert response.status_code == 200 and "Index still building." in response.content.decode()
     assert stand_in.queries == []
 

@@ -26,8 +26,20 @@ from viva.models import Collection, Image, Profile, Shot, Video
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-SAMPLES = ["astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "colorwheel",
-           "hubble_deep_field", "retina", "camera", "coins", "moon", "horse"]
+SAMPLES = [
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "immunohistochemistry",
+    "colorwheel",
+    "hubble_deep_field",
+    "retina",
+    "camera",
+    "coins",
+    "moon",
+    "horse",
+]
 
 
 def real_images(tmp: Path, n: int) -> list[Image]:
@@ -75,23 +87,45 @@ def shot_video(media_root: Path) -> tuple[Video, list[Image]]:
         for packet in stream.encode():
             container.mux(packet)
     video = Video.objects.create(
-        collection=collection, title="Three shots", file=rel, sha256="a" * 64, fps=fps,
-        n_frames=60, duration_ms=6000, width=width, height=height,
+        collection=collection,
+        title="Three shots",
+        file=rel,
+        sha256="a" * 64,
+        fps=fps,
+        n_frames=60,
+        duration_ms=6000,
+        width=width,
+        height=height,
     )
     keyframes = []
     for number, colour in enumerate(colours, start=1):
         start = (number - 1) * 2000
-        shot = Shot.objects.create(video=video, number=number, start_frame=(number - 1) * 20,
-                                   end_frame=number * 20 - 1, start_ms=start, end_ms=start + 1900)
+        shot = Shot.objects.create(
+            video=video,
+            number=number,
+            start_frame=(number - 1) * 20,
+            end_frame=number * 20 - 1,
+            start_ms=start,
+            end_ms=start + 1900,
+        )
         still = PILImage.new("RGB", (width, height), colour)
         rel_kf = f"keyframes/three/{number}.jpg"
         write_jpeg(still, rel_kf)
         write_thumbnail(still, f"keyframes/three/{number}_t.jpg")
-        keyframes.append(Image.objects.create(
-            collection=collection, video=video, shot=shot, frame=(number - 1) * 20 + 10,
-            time_ms=start + 1000, file=rel_kf, thumbnail=f"keyframes/three/{number}_t.jpg",
-            sha256=f"{number:064x}", width=width, height=height,
-        ))
+        keyframes.append(
+            Image.objects.create(
+                collection=collection,
+                video=video,
+                shot=shot,
+                frame=(number - 1) * 20 + 10,
+                time_ms=start + 1000,
+                file=rel_kf,
+                thumbnail=f"keyframes/three/{number}_t.jpg",
+                sha256=f"{number:064x}",
+                width=width,
+                height=height,
+            )
+        )
     return video, keyframes
 
 
@@ -124,8 +158,10 @@ def keys_in_page(page) -> list[str]:
 
 
 def db_labels(category) -> dict[str, int]:
-    return {str(k): v for k, v in
-            Annotation.objects.filter(category=category).values_list("image_id", "value")}
+    return {
+        str(k): v
+        for k, v in Annotation.objects.filter(category=category).values_list("image_id", "value")
+    }
 
 
 def test_keyboard_only_labelling_saves_and_survives_reload(page, live_server, setup):
@@ -147,8 +183,14 @@ def test_keyboard_only_labelling_saves_and_survives_reload(page, live_server, se
     page.keyboard.press("ArrowLeft")
     page.keyboard.press("3")
     page.keyboard.press("0")  # …and taken back: stays unlabelled
-    expected = {keys[0]: "pos", keys[1]: "neg", keys[2]: "neu", keys[5]: "pos",
-                keys[4]: "neg", keys[3]: "none"}
+    expected = {
+        keys[0]: "pos",
+        keys[1]: "neg",
+        keys[2]: "neu",
+        keys[5]: "pos",
+        keys[4]: "neg",
+        keys[3]: "none",
+    }
     assert labels_in_page(page) == expected
     assert page.inner_text(".vgrid-dirty") == "5 unsaved"
     assert page.locator(".vcell.dirty").count() == 5
@@ -169,7 +211,8 @@ def test_keyboard_only_labelling_saves_and_survives_reload(page, live_server, se
     assert db_labels(category) == {keys[0]: 1, keys[1]: -1, keys[2]: 0, keys[5]: 1, keys[4]: -1}
     events = AnnotationEvent.objects.filter(category_id=category.pk)
     assert events.count() == 5 and set(events.values_list("user__username", flat=True)) == {
-        "annotator"}
+        "annotator"
+    }
 
     # Reload the first page: the labels are there, nothing unsaved.
     page.goto(live_server.url + reverse("annotation:label") + "?tab=all")
@@ -290,8 +333,12 @@ def test_failed_save_keeps_labels_and_retry_works(page, live_server, setup):
     category = setup["category"]
     open_label_page(page, live_server, setup, "?tab=all")
     keys = keys_in_page(page)
-    page.route("**/labels/save/", lambda route: route.fulfill(
-        status=500, content_type="text/html", body="<h1>Server Error</h1>"))
+    page.route(
+        "**/labels/save/",
+        lambda route: route.fulfill(
+            status=500, content_type="text/html", body="<h1>Server Error</h1>"
+        ),
+    )
     page.keyboard.press("1")
     page.keyboard.press("ArrowRight")
     page.keyboard.press("2")

@@ -33,9 +33,11 @@ def training_env(monkeypatch, settings, tmp_path):
     folder, and no DataLoader child processes (two cores: the browser, the server and
     the worker already compete for them)."""
     models = tmp_path / "models"
-    for name, value in (("VIVA_TRAIN_MIN_POSITIVES", str(THRESHOLD)),
-                        ("VIVA_TRAIN_NUM_WORKERS", "0"),
-                        ("VIVA_MODELS_DIR", str(models))):
+    for name, value in (
+        ("VIVA_TRAIN_MIN_POSITIVES", str(THRESHOLD)),
+        ("VIVA_TRAIN_NUM_WORKERS", "0"),
+        ("VIVA_MODELS_DIR", str(models)),
+    ):
         monkeypatch.setenv(name, value)
     settings.VIVA_TRAIN_MIN_POSITIVES = THRESHOLD
     settings.VIVA_TRAIN_NUM_WORKERS = 0
@@ -55,14 +57,17 @@ def previous_version(categories: list) -> ModelVersion:
     targets = rng.choice([POS, NEG, WEAK], size=(40, len(categories))).astype(np.int8)
     targets[0] = POS
     logits = rng.normal(size=targets.shape).astype(np.float32)
-    mean_ap, evaluations = evaluate(targets, logits, [c.pk for c in categories],
-                                    [c.name for c in categories])
+    mean_ap, evaluations = evaluate(
+        targets, logits, [c.pk for c in categories], [c.name for c in categories]
+    )
     config = network_config("tiny-cnn", len(categories))
     return save_version(
-        state_dict=build_model(config).state_dict(), config=config,
+        state_dict=build_model(config).state_dict(),
+        config=config,
         class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(categories)],
         split={"seed": 1, "val_image_ids": [], "train_image_ids": [], "concepts": []},
-        metrics={"mAP": mean_ap}, evaluations=evaluations,
+        metrics={"mAP": mean_ap},
+        evaluations=evaluations,
         weights_source={"source": "random", "description": "random initialisation"},
     )
 
@@ -76,8 +81,9 @@ def chart_points(page, canvas_id: str, dataset: int = 0) -> int:
 
 
 def progress_percent(page) -> float:
-    return float(page.locator("#run .run-progress [role=progressbar]").get_attribute(
-        "aria-valuenow") or 0)
+    return float(
+        page.locator("#run .run-progress [role=progressbar]").get_attribute("aria-valuenow") or 0
+    )
 
 
 @pytest.mark.worker
@@ -110,7 +116,8 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
     names = page.locator("#overview-table tbody tr td:first-child").all_inner_texts()
     assert names == sorted(names, key=str.lower)
     labels = page.evaluate(
-        "() => Chart.getChart(document.getElementById('overview-chart')).data.labels")
+        "() => Chart.getChart(document.getElementById('overview-chart')).data.labels"
+    )
     assert labels == names
     page.select_option("#overview-sort", "positives")
     page.evaluate("window.scrollTo(0, 0)")
@@ -138,7 +145,9 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
     # --- live: the progress bar and the curves move ---------------------------------------
     page.wait_for_function(
         "() => Chart.getChart(document.getElementById('chart-loss'))"
-        ".data.datasets[0].data.length > 0", timeout=RUN_TIMEOUT_S * 1000)
+        ".data.datasets[0].data.length > 0",
+        timeout=RUN_TIMEOUT_S * 1000,
+    )
     first_points, first_progress = chart_points(page, "chart-loss"), progress_percent(page)
     deadline = time.monotonic() + RUN_TIMEOUT_S
     grown = False
@@ -156,10 +165,12 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
         page.wait_for_timeout(300)
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED, (
-        f"{job.status}: {job.error}\n{job.log_tail}\n{celery_worker.output()[-3000:]}")
+        f"{job.status}: {job.error}\n{job.log_tail}\n{celery_worker.output()[-3000:]}"
+    )
     assert grown, "the loss curve and the progress bar never moved while the run was active"
     page.wait_for_function(
-        "() => document.querySelector('#run [data-field=status]').textContent === 'Succeeded'")
+        "() => document.querySelector('#run [data-field=status]').textContent === 'Succeeded'"
+    )
     assert progress_percent(page) == 100
     assert chart_points(page, "chart-map") >= 2 and chart_points(page, "chart-lr") >= 2
     assert chart_points(page, "chart-loss", 1) >= 2  # validation loss per epoch
@@ -182,8 +193,12 @@ def test_start_watch_and_evaluate_a_run(page, live_server, celery_worker):
         row = page.locator(f"#eval-table tr[data-name='{e.category_name}']")
         assert row.locator("[data-field=ap]").inner_text() == f"{100 * e.ap:.1f}"
     page.locator("#eval-table th[data-sort=diff]").click()
-    diffs = [float(x) for x in page.locator("#eval-table tbody tr").evaluate_all(
-        "rows => rows.map(r => r.dataset.diff)")]
+    diffs = [
+        float(x)
+        for x in page.locator("#eval-table tbody tr").evaluate_all(
+            "rows => rows.map(r => r.dataset.diff)"
+        )
+    ]
     assert diffs == sorted(diffs, reverse=True)
     page.locator("#eval-table tbody tr", has_text="blue square").click()
     assert page.locator("#pr-title").inner_text() == "blue square"
@@ -219,21 +234,53 @@ def many_concepts(settings, tmp_path):
         Image(collection=collection, file=f"m/{i}.jpg", sha256=f"m{i}", width=8, height=8)
         for i in range(400)
     )
-    names = ["bakery (inside)", "Brandenburg Gate", "jeans", "choir", "tractor", "harbour",
-             "parade", "kindergarten", "television studio", "steel works", "football",
-             "ballet", "railway station", "lecture hall", "swimming pool", "portrait",
-             "wedding", "demonstration", "car factory", "forest", "beach", "snow", "night",
-             "crowd", "newsreader", "map", "orchestra", "ship", "aircraft", "library"]
+    names = [
+        "bakery (inside)",
+        "Brandenburg Gate",
+        "jeans",
+        "choir",
+        "tractor",
+        "harbour",
+        "parade",
+        "kindergarten",
+        "television studio",
+        "steel works",
+        "football",
+        "ballet",
+        "railway station",
+        "lecture hall",
+        "swimming pool",
+        "portrait",
+        "wedding",
+        "demonstration",
+        "car factory",
+        "forest",
+        "beach",
+        "snow",
+        "night",
+        "crowd",
+        "newsreader",
+        "map",
+        "orchestra",
+        "ship",
+        "aircraft",
+        "library",
+    ]
     categories, now, rows = [], timezone.now(), []
     for k, name in enumerate(names):
         c = Category.objects.create(name=name)
         categories.append(c)
         n_pos = int(rng.integers(20, 220)) if k % 4 else int(rng.integers(5, 90))
         chosen = rng.permutation(len(images))
-        values = [1] * min(n_pos, 300) + [-1] * int(rng.integers(10, 90)) + [0] * int(
-            rng.integers(0, 10))
-        rows += [Annotation(image=images[int(i)], category=c, value=v, updated_at=now)
-                 for i, v in zip(chosen, values, strict=False)]
+        values = (
+            [1] * min(n_pos, 300)
+            + [-1] * int(rng.integers(10, 90))
+            + [0] * int(rng.integers(0, 10))
+        )
+        rows += [
+            Annotation(image=images[int(i)], category=c, value=v, updated_at=now)
+            for i, v in zip(chosen, values, strict=False)
+        ]
     Annotation.objects.bulk_create(rows)
     trained = categories[:24]
     v1 = _version_with_aps(trained[:20], rng, 0.55)
@@ -248,18 +295,28 @@ def _version_with_aps(categories, rng, level: float) -> ModelVersion:
     targets[0] = POS
     strength = rng.uniform(level, level + 2.5, size=len(categories))
     logits = rng.normal(size=targets.shape) + strength * (targets == POS)
-    mean_ap, evaluations = evaluate(targets.astype(np.int8), logits.astype(np.float32),
-                                    [c.pk for c in categories], [c.name for c in categories])
+    mean_ap, evaluations = evaluate(
+        targets.astype(np.int8),
+        logits.astype(np.float32),
+        [c.pk for c in categories],
+        [c.name for c in categories],
+    )
     config = network_config("tiny-cnn", len(categories))
     from training.registry import active_version
 
     return save_version(
-        state_dict=build_model(config).state_dict(), config=config,
+        state_dict=build_model(config).state_dict(),
+        config=config,
         class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(categories)],
         split={"seed": 1, "val_image_ids": [], "train_image_ids": [], "concepts": []},
-        metrics={"mAP": mean_ap}, evaluations=evaluations, train_config={"loss_preset": "C"},
-        weights_source={"source": "file", "description": "ImageNet weights efficientnet-b3 "
-                        "from var/weights/efficientnet-b3.pth (local file)"},
+        metrics={"mAP": mean_ap},
+        evaluations=evaluations,
+        train_config={"loss_preset": "C"},
+        weights_source={
+            "source": "file",
+            "description": "ImageNet weights efficientnet-b3 "
+            "from var/weights/efficientnet-b3.pth (local file)",
+        },
         previous=active_version("concept"),
     )
 
@@ -274,8 +331,12 @@ def test_many_concepts_overview_and_evaluation(page, live_server, many_concepts)
     assert page.evaluate(f"() => {chart}.options.indexAxis") == "y"
     below = page.locator("#overview-table tr.below").count()
     assert below == sum(
-        1 for row in page.locator("#overview-table tbody tr").evaluate_all(
-            "rows => rows.map(r => +r.dataset.positives)") if row < 100)
+        1
+        for row in page.locator("#overview-table tbody tr").evaluate_all(
+            "rows => rows.map(r => +r.dataset.positives)"
+        )
+        if row < 100
+    )
     page.locator("#overview-table th[data-sort=negatives]").click()
     negatives = page.evaluate(f"() => {chart}.data.datasets[1].data")
     assert negatives == sorted(negatives, reverse=True)
@@ -295,7 +356,8 @@ def test_many_concepts_overview_and_evaluation(page, live_server, many_concepts)
     page.locator("#eval-table th[data-sort=diff]").click()
     # Concepts the previous version did not know have no difference: listed last.
     diffs = page.locator("#eval-table tbody tr").evaluate_all(
-        "rows => rows.map(r => r.dataset.diff)")
+        "rows => rows.map(r => r.dataset.diff)"
+    )
     known = [float(d) for d in diffs if d]
     assert known == sorted(known, reverse=True) and diffs[-4:] == ["", "", "", ""]
     page.locator("#eval-table tbody tr", has_text="Brandenburg Gate").click()
@@ -303,4 +365,46 @@ def test_many_concepts_overview_and_evaluation(page, live_server, many_concepts)
     screenshot(page, "training-evaluation-many")
     page.goto(live_server.url + reverse("training:models"))
     screenshot(page, "training-models-many")
+    assert page.viva_errors == [], page.viva_errors
+
+
+def test_cancel_asks_first_and_stops_the_run(page, live_server, settings, tmp_path):
+    """No worker: a queued run is cancelled at once, which is enough to check the page's
+    confirmation, the request it sends and what it shows afterwards."""
+    settings.VIVA_MODELS_DIR = tmp_path / "models"
+    trainer = make_user("cleo", Role.TRAINER)
+    job = Job.objects.create(
+        kind="train_concepts",
+        title="Concept training on cpu",
+        queue="gpu",
+        device="cpu",
+        created_by=trainer,
+        params={"network": "efficientnet-b3", "device": "cpu"},
+    )
+    login(page, live_server, trainer)
+    page.goto(live_server.url + reverse("training:train"))
+    run = page.locator("#run")
+    assert run.locator("[data-field=status]").inner_text() == "Queued"
+    # The run comes first while it is active (order: -1 in the stacked layout).
+    assert page.evaluate(
+        "() => document.getElementById('run').getBoundingClientRect().top"
+        " < document.querySelector('.tr-start').getBoundingClientRect().top"
+    )
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    run.get_by_role("button", name="Cancel run").click()
+    page.wait_for_timeout(500)
+    job.refresh_from_db()
+    assert job.status == Job.Status.QUEUED
+    page.once("dialog", lambda dialog: dialog.accept())
+    run.get_by_role("button", name="Cancel run").click()
+    page.wait_for_function(
+        "() => document.querySelector('#run [data-field=status]').textContent === 'Cancelled'"
+    )
+    assert page.url.endswith(reverse("training:train"))  # stayed on the page
+    job.refresh_from_db()
+    assert job.status == Job.Status.CANCELLED
+    assert run.locator("[data-field=cancelled]").is_visible()
+    assert not run.get_by_role("button", name="Cancel run").is_visible()
+    assert not run.locator("[data-field=failed]").is_visible()
+    assert not run.locator("[data-field=done]").is_visible()
     assert page.viva_errors == [], page.viva_errors

@@ -22,8 +22,7 @@ def test_overview_counts_per_kind(client_for, users, media):
     jeans = Category.objects.create(name="jeans")
     merkel = Category.objects.create(name="Angela Merkel", kind="person")
     images = make_stills(6, media / "src")
-    save_labels(gate, [(images[0].pk, 1), (images[1].pk, 1), (images[2].pk, -1),
-                       (images[3].pk, 0)])
+    save_labels(gate, [(images[0].pk, 1), (images[1].pk, 1), (images[2].pk, -1), (images[3].pk, 0)])
     save_labels(jeans, [(images[0].pk, -1)])
     save_labels(merkel, [(images[5].pk, 1)])
     client = client_for("researcher")
@@ -64,19 +63,23 @@ def test_create_selects_and_rejects_duplicates(client_for, users):
     response = client.get(reverse("annotation:category_create") + "?kind=person")
     assert response.status_code == 200
     assert response.context["form"].initial["kind"] == "person"
-    response = client.post(reverse("annotation:category_create"),
-                           {"kind": "concept", "name": "  Bakery   (inside) ", "description": ""})
+    response = client.post(
+        reverse("annotation:category_create"),
+        {"kind": "concept", "name": "  Bakery   (inside) ", "description": ""},
+    )
     assert response.status_code == 302
     category = Category.objects.get()
     assert category.name == "Bakery (inside)" and category.created_by == users["annotator"]
     assert client.session[SESSION_KEY]["current"] == category.pk
-    response = client.post(reverse("annotation:category_create"),
-                           {"kind": "concept", "name": "bakery (INSIDE)"})
+    response = client.post(
+        reverse("annotation:category_create"), {"kind": "concept", "name": "bakery (INSIDE)"}
+    )
     assert response.status_code == 200
     assert "exists already" in response.content.decode()
     # The same name as a person is fine.
-    client.post(reverse("annotation:category_create"),
-                {"kind": "person", "name": "Bakery (inside)"})
+    client.post(
+        reverse("annotation:category_create"), {"kind": "person", "name": "Bakery (inside)"}
+    )
     assert Category.objects.count() == 2
 
 
@@ -102,8 +105,11 @@ def test_delete_confirms_counts_and_archives(client_for, users, media):
     category = Category.objects.create(name="Doomed")
     keep = Category.objects.create(name="Kept")
     images = make_stills(4, media / "src")
-    save_labels(category, [(images[0].pk, 1), (images[1].pk, -1), (images[2].pk, 0)],
-                user=users["annotator"])
+    save_labels(
+        category,
+        [(images[0].pk, 1), (images[1].pk, -1), (images[2].pk, 0)],
+        user=users["annotator"],
+    )
     save_labels(keep, [(images[0].pk, 1)])
     add_candidates(category, images)
     client = client_for("trainer")
@@ -143,10 +149,18 @@ def test_delete_needs_trainer(client_for, role):
 def test_researcher_cannot_create_or_edit(client_for):
     category = Category.objects.create(name="Fixed")
     client = client_for("researcher")
-    assert client.post(reverse("annotation:category_create"), {"kind": "concept",
-                                                                "name": "x"}).status_code == 403
-    assert client.post(reverse("annotation:category_edit", args=[category.pk]),
-                       {"name": "y"}).status_code == 403
+    assert (
+        client.post(
+            reverse("annotation:category_create"), {"kind": "concept", "name": "x"}
+        ).status_code
+        == 403
+    )
+    assert (
+        client.post(
+            reverse("annotation:category_edit", args=[category.pk]), {"name": "y"}
+        ).status_code
+        == 403
+    )
     assert Category.objects.get().name == "Fixed"
 
 

@@ -22,7 +22,14 @@ from viva.media import write_jpeg, write_thumbnail
 from viva.models import Collection, Image, Profile, Shot, Video
 
 GRID_KEYS = {
-    "items", "save_url", "category_id", "source", "page", "rows", "cols", "prefs_url",
+    "items",
+    "save_url",
+    "category_id",
+    "source",
+    "page",
+    "rows",
+    "cols",
+    "prefs_url",
     "readonly",
 }
 PAGE_KEYS = {"number", "num_pages", "total", "prev_url", "next_url", "page_urls"}
@@ -40,12 +47,16 @@ def picture(i: int, size: tuple[int, int] = (64, 48)) -> PILImage.Image:
     return img
 
 
-def make_stills(n: int, tmp: Path, collection: Collection | None = None,
-                start: int = 0) -> list[Image]:
+def make_stills(
+    n: int, tmp: Path, collection: Collection | None = None, start: int = 0
+) -> list[Image]:
     """``n`` still images imported through the real importer (file + thumbnail)."""
-    collection = collection or Collection.objects.get_or_create(
-        name="Stills", defaults={"kind": Collection.Kind.STILLS}
-    )[0]
+    collection = (
+        collection
+        or Collection.objects.get_or_create(
+            name="Stills", defaults={"kind": Collection.Kind.STILLS}
+        )[0]
+    )
     tmp.mkdir(parents=True, exist_ok=True)
     images = []
     for i in range(start, start + n):
@@ -61,15 +72,25 @@ def make_keyframes(n_shots: int, per_shot: int = 2, title: str = "Evening news")
     collection, _ = Collection.objects.get_or_create(name="Archive")
     number = Video.objects.count() + 1
     video = Video.objects.create(
-        collection=collection, title=title, file=f"videos/v{number}.mp4",
-        sha256=f"{number:064x}", fps=25, n_frames=n_shots * 100,
-        duration_ms=n_shots * 4000, width=64, height=48,
+        collection=collection,
+        title=title,
+        file=f"videos/v{number}.mp4",
+        sha256=f"{number:064x}",
+        fps=25,
+        n_frames=n_shots * 100,
+        duration_ms=n_shots * 4000,
+        width=64,
+        height=48,
     )
     images = []
     for s in range(n_shots):
         shot = Shot.objects.create(
-            video=video, number=s + 1, start_frame=s * 100, end_frame=s * 100 + 99,
-            start_ms=s * 4000, end_ms=s * 4000 + 3960,
+            video=video,
+            number=s + 1,
+            start_frame=s * 100,
+            end_frame=s * 100 + 99,
+            start_ms=s * 4000,
+            end_ms=s * 4000 + 3960,
         )
         for k in range(per_shot):
             frame = s * 100 + 20 + k * 40
@@ -77,11 +98,20 @@ def make_keyframes(n_shots: int, per_shot: int = 2, title: str = "Evening news")
             rel = f"keyframes/v{number}/{frame}.jpg"
             write_jpeg(pic, rel)
             write_thumbnail(pic, f"keyframes/v{number}/{frame}_t.jpg")
-            images.append(Image.objects.create(
-                collection=collection, video=video, shot=shot, frame=frame,
-                time_ms=frame * 40, file=rel, thumbnail=f"keyframes/v{number}/{frame}_t.jpg",
-                sha256=f"{number:032x}{frame:032x}", width=64, height=48,
-            ))
+            images.append(
+                Image.objects.create(
+                    collection=collection,
+                    video=video,
+                    shot=shot,
+                    frame=frame,
+                    time_ms=frame * 40,
+                    file=rel,
+                    thumbnail=f"keyframes/v{number}/{frame}_t.jpg",
+                    sha256=f"{number:032x}{frame:032x}",
+                    width=64,
+                    height=48,
+                )
+            )
     return images
 
 
@@ -372,12 +402,15 @@ def test_researcher_grid_would_be_readonly(rf, users, concept, media):
 
     request = rf.get("/x/")
     request.user = users["researcher"]
-    grid = build_grid(request, GridPage([], 1, 9, 0), concept, source="feedback", rows=3,
-                      cols=3)
+    grid = build_grid(request, GridPage([], 1, 9, 0), concept, source="feedback", rows=3, cols=3)
     assert grid["readonly"] is True
     request.user = users["annotator"]
-    assert build_grid(request, GridPage([], 1, 9, 0), concept, source="feedback", rows=3,
-                      cols=3)["readonly"] is False
+    assert (
+        build_grid(request, GridPage([], 1, 9, 0), concept, source="feedback", rows=3, cols=3)[
+            "readonly"
+        ]
+        is False
+    )
 
 
 # --------------------------------------------------------------------------- query counts

@@ -132,14 +132,18 @@ def test_bad_input_is_refused_clearly(client_for, concept, images):
     assert response.status_code == 400 and "source" in response.json()["error"]
     assert post(client, {"category": concept.pk, "labels": [{"value": 1}]}).status_code == 400
     # Per-item problems are rejected per key; the rest is saved.
-    body = post(client, {
-        "category": concept.pk, "source": "grid",
-        "labels": [
-            {"key": "crawler:abc", "value": 1},
-            {"key": str(images[0].pk), "value": 5},
-            {"key": str(images[1].pk), "value": "positive"},
-        ],
-    }).json()
+    body = post(
+        client,
+        {
+            "category": concept.pk,
+            "source": "grid",
+            "labels": [
+                {"key": "crawler:abc", "value": 1},
+                {"key": str(images[0].pk), "value": 5},
+                {"key": str(images[1].pk), "value": "positive"},
+            ],
+        },
+    ).json()
     assert body["saved"] == 1
     assert {r["key"] for r in body["rejected"]} == {"crawler:abc", str(images[0].pk)}
     assert Annotation.objects.get().image_id == images[1].pk
@@ -210,8 +214,9 @@ def test_concurrent_saves_lose_nothing(transactional_db, users, settings, tmp_pa
         finally:
             connection.close()  # each thread had its own connection
 
-    threads = [threading.Thread(target=worker, args=(r, s)) for r, s in
-               (("annotator", 1), ("trainer", 2))]
+    threads = [
+        threading.Thread(target=worker, args=(r, s)) for r, s in (("annotator", 1), ("trainer", 2))
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -36,8 +36,9 @@ def video_files(tmp_path_factory) -> dict[str, Path]:
     files = {}
     for name, fps, seed in (("news_1989.mp4", 25, 1), ("sport_30fps.mp4", 30, 2)):
         path = folder / name
-        make_synthetic_video(path, n_scenes=3, fps=fps, size=(160, 96), seed=seed,
-                             scene_seconds=(1.0, 1.4))
+        make_synthetic_video(
+            path, n_scenes=3, fps=fps, size=(160, 96), seed=seed, scene_seconds=(1.0, 1.4)
+        )
         files[name] = path
     return files
 
@@ -81,7 +82,8 @@ def keyframes(video: Video) -> list[Image]:
 def expected_ids(video: Video, start_ms: int, end_ms: int) -> set[int]:
     """Keyframes whose frame is on screen during [start, end), from the video's own fps."""
     return {
-        k.pk for k in keyframes(video)
+        k.pk
+        for k in keyframes(video)
         if k.frame * 1000 / video.fps < end_ms and (k.frame + 1) * 1000 / video.fps > start_ms
     }
 
@@ -91,11 +93,20 @@ def expected_ids(video: Video, start_ms: int, end_ms: int) -> set[int]:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "ms"), [
-    ("0", 0), ("83250", 83250), ("00:01:23.250", 83250), ("1:23.250", 83250),
-    ("01:23", 83000), ("1:00:00", 3_600_000), ("00:00:01.5", 1500), ("00:00:01,25", 1250),
-    (" 12 ", 12),
-])
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("0", 0),
+        ("83250", 83250),
+        ("00:01:23.250", 83250),
+        ("1:23.250", 83250),
+        ("01:23", 83000),
+        ("1:00:00", 3_600_000),
+        ("00:00:01.5", 1500),
+        ("00:00:01,25", 1250),
+        (" 12 ", 12),
+    ],
+)
 def test_parse_time(text, ms):
     assert parse_time(text) == ms
 
@@ -136,8 +147,7 @@ def test_good_csv_with_header_and_labels(annotator, videos, category, users):
     second = expected_ids(sport, 1000, 2500)
     third = expected_ids(news, 2000, 3000)
     assert first and second and third
-    candidates = set(Candidate.objects.filter(category=category).values_list("image_id",
-                                                                              flat=True))
+    candidates = set(Candidate.objects.filter(category=category).values_list("image_id", flat=True))
     assert candidates == first | second | third
     assert set(Candidate.objects.values_list("source", flat=True)) == {"import"}
     labels = dict(Annotation.objects.values_list("image_id", "value"))
@@ -189,11 +199,17 @@ def test_importing_twice_changes_nothing(annotator, videos, category):
     news = videos["news_1989.mp4"]
     text = f"{news.pk},0,1500,positive\n"
     post_csv(annotator, text)
-    counts = (Candidate.objects.count(), Annotation.objects.count(),
-              AnnotationEvent.objects.count())
+    counts = (
+        Candidate.objects.count(),
+        Annotation.objects.count(),
+        AnnotationEvent.objects.count(),
+    )
     post_csv(annotator, text)
-    assert (Candidate.objects.count(), Annotation.objects.count(),
-            AnnotationEvent.objects.count()) == counts
+    assert (
+        Candidate.objects.count(),
+        Annotation.objects.count(),
+        AnnotationEvent.objects.count(),
+    ) == counts
 
 
 def test_large_files_are_imported_by_a_job(annotator, videos, category, monkeypatch):
@@ -221,15 +237,15 @@ def test_large_files_are_imported_by_a_job(annotator, videos, category, monkeypa
 def test_malformed_csv_lists_every_problem_and_imports_nothing(annotator, videos, category):
     news = videos["news_1989.mp4"]
     csv_text = (
-        "video,start,end,label\n"                      # 1 header
-        f"{news.pk},0,1000,positive\n"                 # 2 fine
-        f"{news.pk},00:00:xx,1000\n"                   # 3 bad start
-        "no_such_video.mp4,0,1000\n"                   # 4 unknown video
-        f"{news.pk},2000,1000\n"                       # 5 end before start
-        f"{news.pk},0,1000,maybe\n"                    # 6 bad label
-        f"{news.pk},0\n"                               # 7 too few columns
-        "\n"                                           # 8 blank: skipped
-        "987654,0,1000\n"                              # 9 unknown id
+        "video,start,end,label\n"  # 1 header
+        f"{news.pk},0,1000,positive\n"  # 2 fine
+        f"{news.pk},00:00:xx,1000\n"  # 3 bad start
+        "no_such_video.mp4,0,1000\n"  # 4 unknown video
+        f"{news.pk},2000,1000\n"  # 5 end before start
+        f"{news.pk},0,1000,maybe\n"  # 6 bad label
+        f"{news.pk},0\n"  # 7 too few columns
+        "\n"  # 8 blank: skipped
+        "987654,0,1000\n"  # 9 unknown id
         f"{news.pk},{news.duration_ms + 5000},{news.duration_ms + 6000}\n"  # 10 after the end
     )
     response = post_csv(annotator, csv_text, "bad.csv")

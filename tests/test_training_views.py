@@ -76,8 +76,9 @@ def label_concepts(counts: dict[str, tuple[int, int, int]]) -> dict[str, Categor
     for name, (pos, neg, neu) in counts.items():
         concept = Category.objects.create(name=name)
         images = Image.objects.bulk_create(
-            Image(collection=collection, file=f"v/{n + i}.jpg", sha256=f"v{n + i}",
-                  width=8, height=8)
+            Image(
+                collection=collection, file=f"v/{n + i}.jpg", sha256=f"v{n + i}", width=8, height=8
+            )
             for i in range(pos + neg + neu)
         )
         n += len(images)
@@ -102,19 +103,27 @@ def make_version(concepts: list[Category], seed: int) -> ModelVersion:
     targets[0, :] = POS  # every concept has a validation positive
     logits = rng.normal(size=(n, len(concepts))) + 1.5 * (targets == POS)
     mean_ap, evaluations = evaluate(
-        targets.astype(np.int8), logits.astype(np.float32),
-        [c.pk for c in concepts], [c.name for c in concepts],
+        targets.astype(np.int8),
+        logits.astype(np.float32),
+        [c.pk for c in concepts],
+        [c.name for c in concepts],
     )
     config = network_config("tiny-cnn", len(concepts))
-    return save_version(
-        state_dict=build_model(config).state_dict(), config=config,
-        class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(concepts)],
-        split={"seed": seed, "val_image_ids": [], "train_image_ids": [], "concepts": []},
-        metrics={"mAP": mean_ap}, evaluations=evaluations,
-        train_config={"loss_preset": "C"}, weights_source={"source": "random",
-                                                            "description": "random init"},
-        previous=active_version("concept"),
-    ), targets, logits
+    return (
+        save_version(
+            state_dict=build_model(config).state_dict(),
+            config=config,
+            class_map=[{"index": i, "id": c.pk, "name": c.name} for i, c in enumerate(concepts)],
+            split={"seed": seed, "val_image_ids": [], "train_image_ids": [], "concepts": []},
+            metrics={"mAP": mean_ap},
+            evaluations=evaluations,
+            train_config={"loss_preset": "C"},
+            weights_source={"source": "random", "description": "random init"},
+            previous=active_version("concept"),
+        ),
+        targets,
+        logits,
+    )
 
 
 # --- dataset overview ----------------------------------------------------------------------
@@ -124,8 +133,10 @@ def test_overview_counts_threshold_and_totals(client_for, settings):
     response = client_for("annotator").get(reverse("training:overview"))
     assert response.status_code == 200
     overview = dataset_overview()
-    rows = {attrs["data-name"]: (attrs, cells) for attrs, cells in
-            table_rows(response, "overview-table")}
+    rows = {
+        attrs["data-name"]: (attrs, cells)
+        for attrs, cells in table_rows(response, "overview-table")
+    }
     assert set(rows) == {"bakery", "choir", "jeans"}
     attrs, cells = rows["choir"]
     assert attrs.get("class") == "below" and cells[1:4] == ["3", "2", "0"]
@@ -158,8 +169,15 @@ def test_train_page_lists_devices_options_and_presets(client_for, settings):
     html = response.content.decode()
     assert 'name="device" value="cpu"' in html and 'class="device-name">CPU (' in html
     assert "1 of 2 concepts" in html
-    for field in ("network", "init", "image_size", "batch_size", "epochs_phase1",
-                  "epochs_phase2", "min_positives"):
+    for field in (
+        "network",
+        "init",
+        "image_size",
+        "batch_size",
+        "epochs_phase1",
+        "epochs_phase2",
+        "min_positives",
+    ):
         assert f'name="{field}"' in html, field
     for b in range(8):
         assert f'value="efficientnet-b{b}"' in html
@@ -175,13 +193,29 @@ def test_train_page_lists_each_gpu_with_free_memory(client_for, monkeypatch):
     from training import devices
 
     def gpu(index: int, name: str, free_gib: float) -> dict:
-        return {"id": f"cuda:{index}", "type": "cuda", "name": name,
-                "free_bytes": int(free_gib * 2**30), "total_bytes": 80 * 2**30}
+        return {
+            "id": f"cuda:{index}",
+            "type": "cuda",
+            "name": name,
+            "free_bytes": int(free_gib * 2**30),
+            "total_bytes": 80 * 2**30,
+        }
 
-    monkeypatch.setattr(devices, "_local_devices", lambda: [
-        gpu(0, "NVIDIA H100 80GB HBM3", 1.5), gpu(1, "NVIDIA H100 80GB HBM3", 77.25),
-        {"id": "cpu", "type": "cpu", "name": "CPU (16 cores)", "free_bytes": None,
-         "total_bytes": None}])
+    monkeypatch.setattr(
+        devices,
+        "_local_devices",
+        lambda: [
+            gpu(0, "NVIDIA H100 80GB HBM3", 1.5),
+            gpu(1, "NVIDIA H100 80GB HBM3", 77.25),
+            {
+                "id": "cpu",
+                "type": "cpu",
+                "name": "CPU (16 cores)",
+                "free_bytes": None,
+                "total_bytes": None,
+            },
+        ],
+    )
     html = client_for("trainer").get(reverse("training:train")).content.decode()
     assert html.count("GPU · NVIDIA H100 80GB HBM3") == 2
     assert "1.5 GiB GPU memory free of 80.0 GiB" in html
@@ -192,8 +226,16 @@ def test_train_page_lists_each_gpu_with_free_memory(client_for, monkeypatch):
 
 
 def _start(client, **options):
-    data = {"device": "cpu", "network": "tiny-cnn", "init": "random", "batch_size": 8,
-            "epochs_phase1": 1, "epochs_phase2": 1, "loss_preset": "C", "min_positives": 5}
+    data = {
+        "device": "cpu",
+        "network": "tiny-cnn",
+        "init": "random",
+        "batch_size": 8,
+        "epochs_phase1": 1,
+        "epochs_phase2": 1,
+        "loss_preset": "C",
+        "min_positives": 5,
+    }
     data.update(options)
     return client.post(reverse("training:train"), data)
 
@@ -219,9 +261,15 @@ def test_start_refused_for_vanished_device(client_for):
 
 def test_start_refused_while_device_busy(client_for, users):
     label_concepts({"bakery": (8, 2, 0)})
-    busy = Job.objects.create(kind=JOB_KIND, queue="gpu", status=Job.Status.RUNNING,
-                              device="cpu", params={"device": "cpu"},
-                              heartbeat_at=timezone.now(), created_by=users["trainer"])
+    busy = Job.objects.create(
+        kind=JOB_KIND,
+        queue="gpu",
+        status=Job.Status.RUNNING,
+        device="cpu",
+        params={"device": "cpu"},
+        heartbeat_at=timezone.now(),
+        created_by=users["trainer"],
+    )
     client = client_for("trainer")
     page = client.get(reverse("training:train")).content.decode()
     assert "busy with" in page and f"job #{busy.pk}" in page
@@ -237,7 +285,7 @@ def test_start_refused_for_bad_options(client_for):
     assert response.status_code == 200
     form = response.context["form"]
     assert "batch_size" in form.errors and "loss_preset" in form.errors
-    assert "<details class=\"tr-advanced\" open>" in response.content.decode()
+    assert '<details class="tr-advanced" open>' in response.content.decode()
     assert not Job.objects.exists()
 
 
@@ -260,10 +308,17 @@ def test_start_creates_gpu_queue_job_and_shows_it(client_for, users):
     assert response["Location"] == f"{reverse('training:train')}?job={job.pk}"
     assert (job.kind, job.queue, job.status, job.device) == (JOB_KIND, "gpu", "queued", "cpu")
     assert job.created_by == users["trainer"]
-    assert {k: job.params[k] for k in ("network", "init", "image_size", "batch_size",
-                                       "min_positives", "loss_preset")} == {
-        "network": "tiny-cnn", "init": "random", "image_size": 48, "batch_size": 8,
-        "min_positives": 5, "loss_preset": "C"}
+    assert {
+        k: job.params[k]
+        for k in ("network", "init", "image_size", "batch_size", "min_positives", "loss_preset")
+    } == {
+        "network": "tiny-cnn",
+        "init": "random",
+        "image_size": 48,
+        "batch_size": 8,
+        "min_positives": 5,
+        "loss_preset": "C",
+    }
     page = client.get(response["Location"]).content.decode()
     assert "Training started on cpu" in page
     assert reverse("jobs:status", args=[job.pk]) in page
@@ -274,10 +329,14 @@ def test_start_creates_gpu_queue_job_and_shows_it(client_for, users):
 
 def test_failed_run_says_why(client_for, users):
     job = Job.objects.create(
-        kind=JOB_KIND, queue="gpu", status=Job.Status.FAILED, created_by=users["trainer"],
+        kind=JOB_KIND,
+        queue="gpu",
+        status=Job.Status.FAILED,
+        created_by=users["trainer"],
         error="The cuda:0 ran out of memory with batch size 64 at 300 px. Start again with "
-              "a smaller batch size (e.g. 32).",
-        log_tail="12:00:00 Epoch 1 …", params={"network": "efficientnet-b3"},
+        "a smaller batch size (e.g. 32).",
+        log_tail="12:00:00 Epoch 1 …",
+        params={"network": "efficientnet-b3"},
     )
     html = client_for("trainer").get(reverse("training:train")).content.decode()
     assert "The run failed." in html and "smaller batch size (e.g. 32)" in html
@@ -289,8 +348,9 @@ def test_failed_run_says_why(client_for, users):
 def test_train_page_query_count(client_for, users, django_assert_max_num_queries):
     label_concepts({"bakery": (8, 2, 0)})
     for _ in range(5):
-        Job.objects.create(kind=JOB_KIND, queue="gpu", status=Job.Status.SUCCEEDED,
-                           created_by=users["trainer"])
+        Job.objects.create(
+            kind=JOB_KIND, queue="gpu", status=Job.Status.SUCCEEDED, created_by=users["trainer"]
+        )
     client = client_for("trainer")
     with django_assert_max_num_queries(20):
         assert client.get(reverse("training:train")).status_code == 200
@@ -333,8 +393,9 @@ def test_activation_needs_trainer(client_for, models_dir):
     concepts = [Category.objects.create(name="bakery")]
     v1, *_ = make_version(concepts, 1)
     make_version(concepts, 2)
-    assert client_for("annotator").post(
-        reverse("training:activate", args=[v1.pk])).status_code == 403
+    assert (
+        client_for("annotator").post(reverse("training:activate", args=[v1.pk])).status_code == 403
+    )
     v1.refresh_from_db()
     assert not v1.is_active
 
@@ -347,8 +408,9 @@ def test_evaluation_numbers_equal_database_and_sklearn(client_for, models_dir):
     response = client_for("trainer").get(reverse("training:evaluation"))
     assert response.status_code == 200
     assert response.context["version"] == new and response.context["baseline"] == old
-    rows = {attrs["data-name"]: (attrs, cells)
-            for attrs, cells in table_rows(response, "eval-table")}
+    rows = {
+        attrs["data-name"]: (attrs, cells) for attrs, cells in table_rows(response, "eval-table")
+    }
     assert set(rows) == {"bakery", "choir", "jeans"}
     for k, concept in enumerate(concepts):
         e = Evaluation.objects.get(model_version=new, category_name=concept.name)
@@ -371,7 +433,8 @@ def test_evaluation_numbers_equal_database_and_sklearn(client_for, models_dir):
     assert f'data-testid="mean-ap">{100 * new.mean_ap:.1f} %<' in html
     assert f'data-testid="previous-mean-ap">{100 * old.mean_ap:.1f} %<' in html
     assert new.mean_ap == pytest.approx(
-        np.mean([e.ap for e in Evaluation.objects.filter(model_version=new)]))
+        np.mean([e.ap for e in Evaluation.objects.filter(model_version=new)])
+    )
     curves = response.context["chart_data"]["curves"]
     stored = Evaluation.objects.get(model_version=new, category_name="choir").pr_curve
     assert curves["choir"]["new"] == stored and curves["jeans"]["old"] is None

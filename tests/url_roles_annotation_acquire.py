@@ -17,11 +17,15 @@ def make_objects(users: dict) -> dict:
 EXPECTED: dict[str, dict] = {
     "annotation:crawl": {"role": "annotator", "ok": (302,), "why": NO_SELECTION},
     "annotation:crawl_save": {
-        "role": "annotator", "method": "POST", "ok": (400,), "anonymous": "denied",
+        "role": "annotator",
+        "method": "POST",
+        "ok": (400,),
+        "anonymous": "denied",
         "why": "a JSON endpoint: the walk posts a form, which is refused as not JSON",
     },
     "annotation:preview": {
-        "role": "annotator", "ok": (400,),
+        "role": "annotator",
+        "ok": (400,),
         "why": "without a signed preview token the proxy answers 400 (and fetches nothing)",
     },
     "annotation:upload": {"role": "annotator", "ok": (302,), "why": NO_SELECTION},

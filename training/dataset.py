@@ -60,6 +60,7 @@ VAL_POSITIVES = 30
 VAL_NEGATIVE_FRACTION = 0.2
 MAX_VAL_POSITIVE_FRACTION = 0.3
 _CHUNK = 5000
+PREFETCH_FACTOR = 4  # batches each DataLoader worker keeps ready
 
 
 def min_positives_setting() -> int:
@@ -445,7 +446,7 @@ def make_loader(
     generator.manual_seed(int(seed))
     extra = {}
     if num_workers > 0:
-        extra = {"persistent_workers": True, "prefetch_factor": 4}
+        extra = {"persistent_workers": True, "prefetch_factor": PREFETCH_FACTOR}
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

@@ -27,9 +27,7 @@ def eligible_concept_count(threshold: int) -> tuple[int, int]:
     grouped queries (the same rule as :func:`training.dataset.eligible_concepts`)."""
     total = Category.objects.filter(kind=Category.Kind.CONCEPT).count()
     eligible = (
-        Annotation.objects.filter(
-            face__isnull=True, category__kind=Category.Kind.CONCEPT, value=1
-        )
+        Annotation.objects.filter(face__isnull=True, category__kind=Category.Kind.CONCEPT, value=1)
         .values("category")
         .annotate(n=Count("pk"))
         .filter(n__gte=max(1, int(threshold)))
@@ -73,23 +71,38 @@ def weights_status(network: str) -> dict:
     could only fail in the worker."""
     spec = get_spec(network)
     if spec.pretrained is None:
-        return {"network": network, "pretrained": False, "available": False,
-                "text": "trains from random initialisation only"}
+        return {
+            "network": network,
+            "pretrained": False,
+            "available": False,
+            "text": "trains from random initialisation only",
+        }
     try:
         resolved = resolve_weights(network, "pretrained", allow_download=False)
     except WeightsUnavailable:
         if download_allowed():
-            return {"network": network, "pretrained": True, "available": False,
-                    "text": "ImageNet weights not on this machine; the run will try to "
-                            "download them"}
-        return {"network": network, "pretrained": True, "available": False,
-                "text": "ImageNet weights not on this machine and downloading is "
-                        "switched off: put the file into VIVA_WEIGHTS_DIR or choose "
-                        "random initialisation"}
+            return {
+                "network": network,
+                "pretrained": True,
+                "available": False,
+                "text": "ImageNet weights not on this machine; the run will try to download them",
+            }
+        return {
+            "network": network,
+            "pretrained": True,
+            "available": False,
+            "text": "ImageNet weights not on this machine and downloading is "
+            "switched off: put the file into VIVA_WEIGHTS_DIR or choose "
+            "random initialisation",
+        }
     except TrainingError as exc:  # an unreadable folder etc.: show, do not crash
         return {"network": network, "pretrained": True, "available": False, "text": str(exc)}
-    return {"network": network, "pretrained": True, "available": True,
-            "text": f"ImageNet weights found ({resolved.source}: {resolved.path})"}
+    return {
+        "network": network,
+        "pretrained": True,
+        "available": True,
+        "text": f"ImageNet weights found ({resolved.source}: {resolved.path})",
+    }
 
 
 def download_allowed() -> bool:
@@ -101,5 +114,4 @@ def network_choices() -> list[tuple[str, str, int, bool]]:
     """``(name, description, default image size, has pretrained weights)`` of every
     registered network, EfficientNet B0–B7 first, test networks last."""
     specs = sorted(NETWORKS.values(), key=lambda s: (s.pretrained is None, s.name))
-    return [(s.name, s.description, s.default_image_size, s.pretrained is not None)
-            for s in specs]
+    return [(s.name, s.description, s.default_image_size, s.pretrained is not None) for s in specs]

@@ -408,6 +408,8 @@ class Trainer:
                     self.best_scores = self.validate_scores()
         except Exception as exc:
             if _out_of_memory(exc):
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # the worker's next job needs the memory
                 raise TrainingError(
                     f"The {self.device} ran out of memory with batch size {cfg.batch_size} at "
                     f"{pre.image_size} px. Start again with a smaller batch size (e.g. "

@@ -21,16 +21,41 @@ class CollectionSerializer(serializers.ModelSerializer):
 class VideoSerializer(serializers.ModelSerializer):
     class Meta:
         model = Video
-        fields = ["id", "collection", "title", "date", "year", "fps", "n_frames",
-                  "duration_ms", "width", "height", "metadata", "created_at"]
+        fields = [
+            "id",
+            "collection",
+            "title",
+            "date",
+            "year",
+            "fps",
+            "n_frames",
+            "duration_ms",
+            "width",
+            "height",
+            "metadata",
+            "created_at",
+        ]
 
 
 class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
-        fields = ["id", "kind", "title", "status", "progress", "total", "progress_note",
-                  "metrics", "result", "error", "device", "created_at", "started_at",
-                  "finished_at"]
+        fields = [
+            "id",
+            "kind",
+            "title",
+            "status",
+            "progress",
+            "total",
+            "progress_note",
+            "metrics",
+            "result",
+            "error",
+            "device",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
 
 
 class CollectionViewSet(viewsets.ReadOnlyModelViewSet):

@@ -55,20 +55,66 @@ class DemoVideo:
 # Openings: variants 0–4 are the full astronaut, camera, coffee, chelsea and rocket pictures
 # (viva.ingest.synth._BASE_IMAGES), nicer on the overview page than the texture scenes.
 DEMO_VIDEOS: tuple[DemoVideo, ...] = (
-    DemoVideo("harbour_lights_1958", "Harbour Lights", 1958, "1958-09-14", 8, 0, 11, 1.0, 1,
-              "Black-and-white newsreel: hard cuts only."),
-    DemoVideo("evening_news_1987", "Evening News", 1987, "1987-03-02", 10, 0, 12, 0.3, 4,
-              "News magazine: hard cuts, fast camera moves."),
-    DemoVideo("city_chronicle_1994", "City Chronicle", 1994, "1994-06-21", 9, 3, 13, 0.2, 3,
-              "Documentary: cuts, dissolves and fades through black."),
-    DemoVideo("science_magazine_2006", "Science Magazine", 2006, "2006-11-08", 8, 4, 14, 0.0, 0,
-              "Colour magazine: cuts and a few gradual transitions."),
+    DemoVideo(
+        "harbour_lights_1958",
+        "Harbour Lights",
+        1958,
+        "1958-09-14",
+        8,
+        0,
+        11,
+        1.0,
+        1,
+        "Black-and-white newsreel: hard cuts only.",
+    ),
+    DemoVideo(
+        "evening_news_1987",
+        "Evening News",
+        1987,
+        "1987-03-02",
+        10,
+        0,
+        12,
+        0.3,
+        4,
+        "News magazine: hard cuts, fast camera moves.",
+    ),
+    DemoVideo(
+        "city_chronicle_1994",
+        "City Chronicle",
+        1994,
+        "1994-06-21",
+        9,
+        3,
+        13,
+        0.2,
+        3,
+        "Documentary: cuts, dissolves and fades through black.",
+    ),
+    DemoVideo(
+        "science_magazine_2006",
+        "Science Magazine",
+        2006,
+        "2006-11-08",
+        8,
+        4,
+        14,
+        0.0,
+        0,
+        "Colour magazine: cuts and a few gradual transitions.",
+    ),
 )
 
 # Pictures bundled with scikit-image (no download needed). astronaut and camera show faces.
 DEMO_STILL_NAMES: tuple[str, ...] = (
-    "astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field",
-    "immunohistochemistry", "coins",
+    "astronaut",
+    "camera",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "coins",
 )
 
 
@@ -123,24 +169,34 @@ def make_demo_video(spec: DemoVideo, folder: Path) -> Path:
     if path.exists() and sidecar.exists():
         return path
     scenes = random_scenes(
-        spec.n_scenes, fade_every=spec.fade_every, seed=spec.seed,
+        spec.n_scenes,
+        fade_every=spec.fade_every,
+        seed=spec.seed,
         monochrome_share=spec.monochrome_share,
     )
     scenes = _with_opening(scenes, spec.opening, N_VARIANTS, colour=spec.monochrome_share < 1)
     tmp = path.with_name(path.stem + ".part.mp4")
     truth = make_synthetic_video(tmp, scenes, seed=spec.seed)
     tmp.replace(path)
-    sidecar.write_text(json.dumps({
-        "title": spec.title,
-        "year": spec.year,
-        "date": spec.date,
-        "metadata": {
-            "description": spec.description,
-            "source": "VIVA demo (synthetic, made from scikit-image pictures)",
-            "ground_truth": {"hard_cuts": truth.hard_cuts, "gradual": truth.fades,
-                             "shots": truth.shots},
-        },
-    }, indent=2))
+    sidecar.write_text(
+        json.dumps(
+            {
+                "title": spec.title,
+                "year": spec.year,
+                "date": spec.date,
+                "metadata": {
+                    "description": spec.description,
+                    "source": "VIVA demo (synthetic, made from scikit-image pictures)",
+                    "ground_truth": {
+                        "hard_cuts": truth.hard_cuts,
+                        "gradual": truth.fades,
+                        "shots": truth.shots,
+                    },
+                },
+            },
+            indent=2,
+        )
+    )
     return path
 
 
@@ -233,20 +289,23 @@ def build_demo(
 
     archive, _ = Collection.objects.get_or_create(
         name=DEMO_ARCHIVE,
-        defaults={"kind": Collection.Kind.ARCHIVE,
-                  "description": "Synthetic videos with known cuts, made offline for the demo."},
+        defaults={
+            "kind": Collection.Kind.ARCHIVE,
+            "description": "Synthetic videos with known cuts, made offline for the demo.",
+        },
     )
     still_collection, _ = Collection.objects.get_or_create(
         name=DEMO_STILLS,
-        defaults={"kind": Collection.Kind.STILLS,
-                  "description": "Example pictures that ship with scikit-image."},
+        defaults={
+            "kind": Collection.Kind.STILLS,
+            "description": "Example pictures that ship with scikit-image.",
+        },
     )
 
-    missing_videos = [
-        p for p in videos if not Video.objects.filter(sha256=sha256_file(p)).exists()
-    ]
+    missing_videos = [p for p in videos if not Video.objects.filter(sha256=sha256_file(p)).exists()]
     missing_stills = [
-        p for p in stills
+        p
+        for p in stills
         if not Image.objects.filter(sha256=sha256_file(p), video__isnull=True).exists()
     ]
     built_something = False

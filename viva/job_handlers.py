@@ -55,7 +55,10 @@ def import_videos_job(ctx: JobContext) -> dict:
 
         try:
             status, video = import_video(
-                path, collection, original_name=label, on_progress=on_progress,
+                path,
+                collection,
+                original_name=label,
+                on_progress=on_progress,
                 should_stop=lambda: ctx.cancel_requested,
             )
         except DetectionCancelled:

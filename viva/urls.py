@@ -13,6 +13,7 @@ from . import api
 from .roles import Role, RoleRequiredMixin
 from .views import archive, jobs, users
 
+
 class APIRootView(routers.APIRootView):
     min_role = Role.RESEARCHER
 

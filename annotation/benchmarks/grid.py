@@ -14,7 +14,7 @@ import random
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -701,20 +701,20 @@ class Client:
 
 
 def time_pages(client: Client, next_url, *, samples: int, warmup: int, per_page: int,
-               cold: bool = False) -> dict:
+               cold: bool = False, budget_s: float | None = None) -> dict:
     """GET ``next_url(previous_grid_data)`` ``warmup + samples`` times; summarise the last.
 
     ``cold``: clear the cache before each request, so every page pays its counts as if
-    the cached count had expired.
+    the cached count had expired. ``budget_s``: stop early (``truncated``) when a very
+    slow variant would take longer than this.
     """
     from django.core.cache import cache
 
     times: list[float] = []
     data = None
-    first_url = None
+    started = time.perf_counter()
     for i in range(warmup + samples):
         url = next_url(data)
-        first_url = first_url or url
         if cold:
             cache.clear()
         elapsed, response = client.get(url)
@@ -724,6 +724,10 @@ def time_pages(client: Client, next_url, *, samples: int, warmup: int, per_page:
             raise RuntimeError(f"{url}: {shown} items on a page of {per_page}")
         if i >= warmup:
             times.append(elapsed)
+        if budget_s and time.perf_counter() - started > budget_s and len(times) >= 5:
+            out = summary(times)
+            out["truncated"] = True
+            return out
     return summary(times)
 
 
@@ -785,12 +789,25 @@ def save_payload(category_id: int, n_images: int, rng: random.Random, batch: int
             "labels": [{"key": str(i), "value": rng.choice([1, -1, 0, None])} for i in ids]}
 
 
+def _worst(stats: list[dict]) -> float | None:
+    return max((v["p95_ms"] for v in stats), default=None)
+
+
 def measure(options: dict, params: dict) -> dict[str, Any]:
+    """Time every page variant, the save, the baseline; count queries."""
+    from django.core.cache import cache
     from django.test.utils import override_settings
     from django.urls import reverse
 
     rng = random.Random(options["seed"])
     samples, warmup = max(1, options["samples"]), max(0, options["warmup"])
+    budget = options["max_variant_s"] or None
+    only = [o for o in (options["only"] or "").split(",") if o]
+
+    def wanted(name: str) -> bool:
+        return not only or any(name.startswith(o) for o in only)
+
+    say = (lambda msg: None) if options["quiet"] else log
     rows, cols = 10, 10
     per_page = rows * cols
     client = Client(options)
@@ -800,25 +817,30 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
     n_images = params["images"]
 
     def rnd(url):
-        return random_pages(client, url, rng)
+        return lambda: random_pages(client, url, rng)
 
-    ours = {
-        "label_unlabelled": fixed(f"{label}?tab=unlabelled"),
-        "label_unlabelled_next": walk(f"{label}?tab=unlabelled"),
-        "label_all_deep": rnd(f"{label}?tab=all"),
-        "label_archive": fixed(f"{label}?tab=archive"),
-        "label_archive_deep": rnd(f"{label}?tab=archive"),
-        "label_archive_next": walk(f"{label}?tab=archive"),
-        "label_archive_unlabelled_deep": rnd(f"{label}?tab=archive&unlabelled=1"),
-        "review_positive": fixed(f"{review}?value=positive"),
-        "review_positive_deep": rnd(f"{review}?value=positive"),
-        "review_negative_next": walk(f"{review}?value=negative"),
-    }
-    cold = {
-        "label_unlabelled_cold": fixed(f"{label}?tab=unlabelled"),
-        "label_archive_cold": fixed(f"{label}?tab=archive"),
-        "label_archive_unlabelled_cold": fixed(f"{label}?tab=archive&unlabelled=1"),
-        "review_positive_cold": fixed(f"{review}?value=positive"),
+    def fix(url):
+        return lambda: fixed(url)
+
+    def wlk(url):
+        return lambda: walk(url)
+
+    # name → (URL strategy, cold cache?)
+    pages = {
+        "label_unlabelled": (fix(f"{label}?tab=unlabelled"), False),
+        "label_unlabelled_next": (wlk(f"{label}?tab=unlabelled"), False),
+        "label_all_deep": (rnd(f"{label}?tab=all"), False),
+        "label_archive": (fix(f"{label}?tab=archive"), False),
+        "label_archive_deep": (rnd(f"{label}?tab=archive"), False),
+        "label_archive_next": (wlk(f"{label}?tab=archive"), False),
+        "label_archive_unlabelled_deep": (rnd(f"{label}?tab=archive&unlabelled=1"), False),
+        "review_positive": (fix(f"{review}?value=positive"), False),
+        "review_positive_deep": (rnd(f"{review}?value=positive"), False),
+        "review_negative_next": (wlk(f"{review}?value=negative"), False),
+        "label_unlabelled_cold": (fix(f"{label}?tab=unlabelled"), True),
+        "label_archive_cold": (fix(f"{label}?tab=archive"), True),
+        "label_archive_unlabelled_cold": (fix(f"{label}?tab=archive&unlabelled=1"), True),
+        "review_positive_cold": (fix(f"{review}?value=positive"), True),
     }
     first_urls = {
         "label_unlabelled": f"{label}?tab=unlabelled",
@@ -827,70 +849,69 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
         "label_archive_unlabelled": f"{label}?tab=archive&unlabelled=1",
         "review_positive": f"{review}?value=positive",
     }
-    say = (lambda msg: None) if options["quiet"] else log
     variants: dict[str, dict] = {}
-    for name, next_url in ours.items():
-        variants[name] = time_pages(client, next_url, samples=samples, warmup=warmup,
-                                    per_page=per_page)
-        say(f"{name}: {variants[name]}")
     cold_samples = max(1, min(samples, options["cold_samples"]))
-    for name, next_url in cold.items():
-        variants[name] = time_pages(client, next_url, samples=cold_samples,
-                                    warmup=min(warmup, 1), per_page=per_page, cold=True)
+    for name, (strategy, cold) in pages.items():
+        if not wanted(name):
+            continue
+        variants[name] = time_pages(
+            client, strategy(), per_page=per_page, cold=cold, budget_s=budget,
+            samples=cold_samples if cold else samples,
+            warmup=min(warmup, 1) if cold else warmup,
+        )
         say(f"{name}: {variants[name]}")
 
     # Queries per page: constant whatever the page size (≤ 15), counted with a cold cache.
-    from django.core.cache import cache
-
     queries: dict[str, dict[str, int]] = {}
     for size in ((rows, cols), (2, 3)):
         client.set_grid(*size)
         for name, url in first_urls.items():
-            cache.clear()
-            queries.setdefault(name, {})[str(size[0] * size[1])] = client.queries("get", url)
+            if wanted(name):
+                cache.clear()
+                queries.setdefault(name, {})[str(size[0] * size[1])] = client.queries("get", url)
     client.set_grid(rows, cols)
 
     # Saving 100 labels.
-    save_stats, save_totals = time_saves(client, save, client.category.pk, n_images, rng,
-                                         samples=samples, warmup=warmup)
-    say(f"save: {save_stats} {save_totals}")
-    save_queries = client.queries(
-        "post", save, data=json.dumps(save_payload(client.category.pk, n_images, rng)),
-        content_type="application/json", HTTP_X_CSRFTOKEN=client.csrf,
-    )
+    save_stats, save_totals, save_queries = None, {}, None
+    if wanted("save"):
+        save_stats, save_totals = time_saves(client, save, client.category.pk, n_images, rng,
+                                             samples=samples, warmup=warmup)
+        say(f"save: {save_stats} {save_totals}")
+        save_queries = client.queries(
+            "post", save, data=json.dumps(save_payload(client.category.pk, n_images, rng)),
+            content_type="application/json", HTTP_X_CSRFTOKEN=client.csrf,
+        )
 
     # The baseline, same client and pages, through the bench URLconf.
     baseline: dict[str, dict] = {}
-    if not options["no_baseline"]:
+    baseline_queries = None
+    if not options["no_baseline"] and wanted("baseline"):
         with override_settings(ROOT_URLCONF=__name__):
             naive_label = reverse("bench_naive_label")
             naive_review = reverse("bench_naive_review")
             b_samples = max(1, min(samples, options["baseline_samples"]))
-            for name, next_url in {
-                "label_archive": fixed(naive_label),
+            for name, strategy in {
+                "label_archive": fix(naive_label),
                 "label_archive_deep": rnd(naive_label),
-                "review_positive": fixed(f"{naive_review}?value=positive"),
+                "review_positive": fix(f"{naive_review}?value=positive"),
                 "review_positive_deep": rnd(f"{naive_review}?value=positive"),
             }.items():
-                baseline[name] = time_pages(client, next_url, samples=b_samples,
-                                            warmup=min(warmup, 3), per_page=per_page)
+                baseline[name] = time_pages(client, strategy(), samples=b_samples,
+                                            warmup=min(warmup, 3), per_page=per_page,
+                                            budget_s=budget)
                 say(f"baseline {name}: {baseline[name]}")
             cache.clear()
             baseline_queries = client.queries("get", naive_label)
 
-    warm_label = [v["p95_ms"] for k, v in variants.items()
-                  if k.startswith("label") and not k.endswith("_cold")]
-    warm_review = [v["p95_ms"] for k, v in variants.items()
-                   if k.startswith("review") and not k.endswith("_cold")]
-    cold_p95 = [v["p95_ms"] for k, v in variants.items() if k.endswith("_cold")]
+    warm = {k: v for k, v in variants.items() if not k.endswith("_cold")}
     result: dict[str, Any] = {
-        "page_p95_ms": max(warm_label + warm_review),
-        "label_page_p95_ms": max(warm_label),
-        "review_p95_ms": max(warm_review),
-        "page_cold_p95_ms": max(cold_p95),
-        "save_p95_ms": save_stats["p95_ms"],
-        "save_p50_ms": save_stats["p50_ms"],
-        "page_queries": max(max(q.values()) for q in queries.values()),
+        "page_p95_ms": _worst(list(warm.values())),
+        "label_page_p95_ms": _worst([v for k, v in warm.items() if k.startswith("label")]),
+        "review_p95_ms": _worst([v for k, v in warm.items() if k.startswith("review")]),
+        "page_cold_p95_ms": _worst([v for k, v in variants.items() if k.endswith("_cold")]),
+        "save_p95_ms": save_stats["p95_ms"] if save_stats else None,
+        "save_p50_ms": save_stats["p50_ms"] if save_stats else None,
+        "page_queries": max((max(q.values()) for q in queries.values()), default=None),
         "page_queries_by_size": queries,
         "save_queries": save_queries,
         "per_page": per_page,
@@ -900,13 +921,65 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
             baseline_page_p95_ms=baseline["label_archive_deep"]["p95_ms"],
             baseline_review_p95_ms=baseline["review_positive_deep"]["p95_ms"],
             baseline_page_queries=baseline_queries,
-            # Same page (label page, archive tab, random page numbers), ours vs naive.
-            ratio=round(baseline["label_archive_deep"]["p95_ms"]
-                        / variants["label_archive_deep"]["p95_ms"], 2),
         )
-    result.update(variants=variants, baseline_variants=baseline,
-                  save=dict(save_stats, **save_totals, batch=100))
+        if "label_archive_deep" in variants:
+            # Same page (label page, archive tab, random page numbers), ours vs naive.
+            result["ratio"] = round(baseline["label_archive_deep"]["p95_ms"]
+                                    / variants["label_archive_deep"]["p95_ms"], 2)
+    result.update(variants=variants, baseline_variants=baseline)
+    if save_stats:
+        result["save"] = dict(save_stats, **save_totals, batch=100)
     return result
+
+
+# --------------------------------------------------------------------------------------
+# Prototypes: proposed changes to code the bench does not own, patched in for one run
+# (``--prototype NAME``) so their effect is measured on the same data, side by side.
+# --------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _patched(module, name: str, value):
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
+
+
+@contextmanager
+def proto_unlabelled_scalar():
+    """"Unlabelled" as ``(SELECT id … LIMIT 1) IS NULL`` instead of ``NOT EXISTS``.
+
+    PostgreSQL turns NOT EXISTS into an anti-join; for the archive tab's id-ordered
+    ``id > anchor … LIMIT`` it picks a merge anti-join that reads the annotation index
+    from its start (seconds). A scalar subquery stays a per-row probe of the unique
+    (category, image) index. SQLite runs both the same way.
+    """
+    from django.db.models import OuterRef, Subquery
+    from django.db.models.lookups import IsNull
+
+    from .. import grid as grid_module
+    from ..models import Annotation
+
+    def labelled(category_id: int, image_ref: str):
+        return IsNull(
+            Subquery(
+                Annotation.objects.filter(
+                    category_id=category_id, face__isnull=True, image_id=OuterRef(image_ref)
+                ).values("pk")[:1]
+            ),
+            False,
+        )
+
+    with _patched(grid_module, "_unlabelled", labelled):
+        yield
+
+
+PROTOTYPES = {
+    "unlabelled-scalar": proto_unlabelled_scalar,
+}
 
 
 # --------------------------------------------------------------------------------------
@@ -936,6 +1009,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--persistent", action="store_true",
                         help="keep the connection between requests (CONN_MAX_AGE > 0); "
                         "default: as configured (SQLite: a connection per request)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated name prefixes of what to measure (e.g. "
+                        "'review,save'); default: everything")
+    parser.add_argument("--max-variant-s", type=float, default=120,
+                        help="stop timing a variant after this many seconds (0: never)")
+    parser.add_argument("--pg-options", default="",
+                        help="libpq options for the bench connection, e.g. '-c jit=off'")
+    parser.add_argument("--prototype", action="append", default=[], choices=sorted(PROTOTYPES),
+                        help="measure with a proposed change patched in (see docs)")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
 
@@ -967,6 +1049,13 @@ def run(**options: Any) -> dict[str, Any]:
     overrides = bench_settings(params["images"], params["annotations"], options.get("db_dir"))
     if options["persistent"]:
         overrides["CONN_MAX_AGE"] = 600
+    if options["pg_options"]:
+        base = connections[DEFAULT_DB_ALIAS].settings_dict
+        if not base["ENGINE"].endswith("postgresql"):
+            raise SystemExit("--pg-options needs PostgreSQL (DATABASE_URL).")
+        extra = dict(base.get("OPTIONS") or {})
+        extra["options"] = f"{extra.get('options', '')} {options['pg_options']}".strip()
+        overrides["OPTIONS"] = extra
     started = time.perf_counter()
     load_before = _loadavg()
     # A private cache: the grid caches counts by category id, and those of the bench
@@ -976,7 +1065,10 @@ def run(**options: Any) -> dict[str, Any]:
             built = prepare(params, options["rebuild"], options["quiet"])
             if not options["quiet"]:
                 log("measuring …")
-            measured = measure(options, params)
+            with ExitStack() as stack:
+                for name in options["prototype"]:
+                    stack.enter_context(PROTOTYPES[name]())
+                measured = measure(options, params)
         finally:
             cache.clear()
             ContentType.objects.clear_cache()  # ids of the bench database
@@ -994,7 +1086,7 @@ def run(**options: Any) -> dict[str, Any]:
         "page_queries": measured.pop("page_queries"),
         # ours / baseline / ratio: the same page (label page, archive tab, random page
         # numbers), p95 in ms; ratio = baseline / ours (> 1: ours is faster).
-        "ours": measured["variants"]["label_archive_deep"]["p95_ms"],
+        "ours": measured["variants"].get("label_archive_deep", {}).get("p95_ms"),
         "baseline": measured.get("baseline_page_p95_ms"),
         **measured,
         "target_page_ms": 150,
@@ -1003,6 +1095,8 @@ def run(**options: Any) -> dict[str, Any]:
         "candidates": params["candidates"],
         "events": params["annotations"] if params["events"] else 0,
         "connection_per_request": connection_per_request,
+        "prototypes": options["prototype"],
+        "pg_options": options["pg_options"],
         **built,
         "seconds": round(time.perf_counter() - started, 1),
         # Other processes share the machine: the 1-minute load before and after.

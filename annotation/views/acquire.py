@@ -27,12 +27,10 @@ def slice_page(
     pages = max(1, math.ceil(len(items) / per_page))
     number = min(max(1, number), pages)
     start = (number - 1) * per_page
-    return list(items[start:start + per_page]), number, start
+    return list(items[start : start + per_page]), number, start
 
 
-def list_grid_page(
-    items: list[GridItem], *, number: int, per_page: int, total: int
-) -> GridPage:
+def list_grid_page(items: list[GridItem], *, number: int, per_page: int, total: int) -> GridPage:
     """A :class:`GridPage` over an in-memory list (search results, similarity results).
 
     ``next_cursor`` is the empty string when a next page exists: ``page_links`` then

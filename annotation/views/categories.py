@@ -143,8 +143,8 @@ class CategoryCreateView(RoleRequiredMixin, FormView):
         category.save()
         set_selected(self.request, category)
         messages.success(
-            self.request, f"Created and selected the {category.get_kind_display().lower()} "
-            f"“{category.name}”."
+            self.request,
+            f"Created and selected the {category.get_kind_display().lower()} “{category.name}”.",
         )
         return redirect(f"{reverse('annotation:categories')}?kind={category.kind}")
 

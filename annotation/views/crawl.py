@@ -58,7 +58,10 @@ from .label_api import JsonRoleMixin, error
 SEARCH_BUDGET_SECONDS = 25.0
 MAX_SAVE_BATCH = 1000
 TYPE_CHOICES = [
-    ("", "any"), ("photo", "photos"), ("face", "faces"), ("clipart", "clip art"),
+    ("", "any"),
+    ("photo", "photos"),
+    ("face", "faces"),
+    ("clipart", "clip art"),
     ("linedrawing", "line drawings"),
 ]
 
@@ -67,12 +70,17 @@ class CrawlForm(forms.Form):
     term = forms.CharField(label="Search term", max_length=300)
     source = forms.ChoiceField(label="Source")
     limit = forms.IntegerField(
-        label="Max. results", min_value=crawler.MIN_LIMIT, max_value=crawler.MAX_LIMIT,
+        label="Max. results",
+        min_value=crawler.MIN_LIMIT,
+        max_value=crawler.MAX_LIMIT,
         initial=crawler.DEFAULT_LIMIT,
     )
     image_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, required=False)
     min_size = forms.IntegerField(
-        label="Min. size (px)", min_value=0, max_value=4000, initial=crawler.DEFAULT_MIN_SIZE[0],
+        label="Min. size (px)",
+        min_value=0,
+        max_value=4000,
+        initial=crawler.DEFAULT_MIN_SIZE[0],
         help_text="Smaller images are left out (when the engine reports sizes).",
     )
 
@@ -157,13 +165,17 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         search_id = request.GET.get("search", "")
         entry = load_results("crawl", search_id, user=request.user) if search_id else None
         if search_id and entry is None:
-            messages.warning(request, "This search has expired (results are kept for a few "
-                                      "hours). Please search again.")
+            messages.warning(
+                request,
+                "This search has expired (results are kept for a few hours). Please search again.",
+            )
             return redirect("annotation:crawl")
         initial = {"term": self.category.name, "source": next(iter(crawler.SOURCES), "")}
         if entry:
             initial.update(
-                term=entry["term"], source=entry["engine"], limit=entry["limit"],
+                term=entry["term"],
+                source=entry["engine"],
+                limit=entry["limit"],
                 image_type=entry.get("image_type", ""),
                 min_size=entry.get("min_size", crawler.DEFAULT_MIN_SIZE[0]),
             )
@@ -180,20 +192,35 @@ class CrawlView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         outcome = run_search(data["source"], data["term"], data["limit"], form.filters())
         if not outcome.ok:
             ctx = self.get_context_data(
-                form=form, search_error=outcome.error, search_error_code=outcome.error_code,
+                form=form,
+                search_error=outcome.error,
+                search_error_code=outcome.error_code,
                 offline=outcome.error_code == "offline",
             )
             return self.render_to_response(ctx)
         results = [
-            {"u": r.url, "t": r.thumbnail_url, "n": r.title, "p": r.page_url,
-             "w": r.width, "h": r.height}
+            {
+                "u": r.url,
+                "t": r.thumbnail_url,
+                "n": r.title,
+                "p": r.page_url,
+                "w": r.width,
+                "h": r.height,
+            }
             for r in outcome.results
         ]
         search_id = save_results(
             "crawl",
-            {"term": data["term"], "engine": data["source"], "limit": data["limit"],
-             "image_type": data.get("image_type") or "", "min_size": data.get("min_size") or 0,
-             "results": results, "pending": {}, "jobs": []},
+            {
+                "term": data["term"],
+                "engine": data["source"],
+                "limit": data["limit"],
+                "image_type": data.get("image_type") or "",
+                "min_size": data.get("min_size") or 0,
+                "results": results,
+                "pending": {},
+                "jobs": [],
+            },
             user=request.user,
         )
         return redirect(reverse("annotation:crawl") + "?" + urlencode({"search": search_id}))
@@ -311,9 +338,14 @@ class CrawlSaveView(JsonRoleMixin, View):
             try:
                 result = WebResult.from_token(key)
             except signing.BadSignature:
-                rejected.append({"key": key, "error": (
-                    "This search result is not valid (altered or expired); search again."
-                )})
+                rejected.append(
+                    {
+                        "key": key,
+                        "error": (
+                            "This search result is not valid (altered or expired); search again."
+                        ),
+                    }
+                )
                 continue
             try:
                 value = parse_value(entry.get("value"))
@@ -325,18 +357,24 @@ class CrawlSaveView(JsonRoleMixin, View):
                 rejected.append({"key": key, "error": problem})
                 continue
             items[result.url] = {**result.as_params(), "value": value, "key": key}
-        response: dict[str, Any] = {"saved": len(items), "rejected": rejected,
-                                    "labels": {i["key"]: i["value"] for i in items.values()}}
+        response: dict[str, Any] = {
+            "saved": len(items),
+            "rejected": rejected,
+            "labels": {i["key"]: i["value"] for i in items.values()},
+        }
         if not items:
             return JsonResponse(response)
         to_label = sum(1 for i in items.values() if i["value"] is not None)
         job = start_job(
             "download_web_images",
-            {"category_id": category.pk,
-             "items": [{k: v for k, v in i.items() if k != "key"} for i in items.values()]},
+            {
+                "category_id": category.pk,
+                "items": [{k: v for k, v in i.items() if k != "key"} for i in items.values()],
+            },
             user=request.user,
             title=f"Download {to_label} web image(s) for “{category.name}”"
-            if to_label else f"Update web image labels for “{category.name}”",
+            if to_label
+            else f"Update web image labels for “{category.name}”",
         )
         self._remember(request, job, items)
         response["job"] = {

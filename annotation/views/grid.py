@@ -28,8 +28,7 @@ from ..grid import (
 from ..models import Category, Source
 from ..selection import CategoryRequiredMixin
 
-TABS = [("unlabelled", "Unlabelled candidates"), ("all", "All candidates"),
-        ("archive", "Archive")]
+TABS = [("unlabelled", "Unlabelled candidates"), ("all", "All candidates"), ("archive", "Archive")]
 MAX_VIDEO_CHOICES = 1000
 
 
@@ -107,8 +106,13 @@ class LabelView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             video_id = _int(request.GET.get("video"))
             unlabelled = request.GET.get("unlabelled") == "1"
             grid_page = archive_page(
-                category, collection_id=collection_id, video_id=video_id, page=number,
-                per_page=per_page, after=after, unlabelled_only=unlabelled,
+                category,
+                collection_id=collection_id,
+                video_id=video_id,
+                page=number,
+                per_page=per_page,
+                after=after,
+                unlabelled_only=unlabelled,
             )
             videos = []
             if collection_id:
@@ -127,7 +131,10 @@ class LabelView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             empty = "No images match these filters."
         else:
             grid_page = candidate_page(
-                category, page=number, per_page=per_page, after=after,
+                category,
+                page=number,
+                per_page=per_page,
+                after=after,
                 unlabelled_only=tab == "unlabelled",
             )
             if tab == "unlabelled" and grid_page.next_cursor is None:
@@ -143,8 +150,14 @@ class LabelView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             tab=tab,
             tabs=TABS,
             grid=build_grid(
-                request, grid_page, category, source=Source.GRID, rows=rows, cols=cols,
-                save_next_url=save_next_url, empty_message=empty,
+                request,
+                grid_page,
+                category,
+                source=Source.GRID,
+                rows=rows,
+                cols=cols,
+                save_next_url=save_next_url,
+                empty_message=empty,
             ),
             acquisition_links=acquisition_links(),
         )

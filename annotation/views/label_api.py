@@ -111,8 +111,10 @@ class SaveLabelsView(JsonRoleMixin, View):
             # The category was deleted meanwhile (or the batch is too large).
             return error(str(exc), 409)
         except IntegrityError:
-            return error("Another annotator saved the same images at the same moment; "
-                         "please save again.", 409)
+            return error(
+                "Another annotator saved the same images at the same moment; please save again.",
+                409,
+            )
         except OperationalError:
             logger.warning("save_labels: database busy", exc_info=True)
             return error("The database is busy; your labels are kept — please retry.", 503)

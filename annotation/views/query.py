@@ -57,7 +57,8 @@ class ImageInputForm(forms.Form):
 
     files = MultipleFileField(label="Image files", required=False)
     urls = forms.CharField(
-        label="Image URLs (one per line)", required=False,
+        label="Image URLs (one per line)",
+        required=False,
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "https://…/image.jpg"}),
     )
 
@@ -123,7 +124,9 @@ class UploadView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         ctx.setdefault("form", UploadForm())
         ctx["page_kind"] = self.page_kind
         ctx.update(
-            label_url=label_grid_url(), max_files=MAX_FILES, max_urls=MAX_URLS,
+            label_url=label_grid_url(),
+            max_files=MAX_FILES,
+            max_urls=MAX_URLS,
             max_mb=DOWNLOAD_MAX_BYTES // 2**20,
         )
         return ctx
@@ -137,7 +140,9 @@ class UploadView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             ctx = self.get_context_data(form=form, problems=problems)
             return self.render_to_response(ctx, status=400)
         report = add_images_to_category(
-            images, self.category, user=request.user,
+            images,
+            self.category,
+            user=request.user,
             label_positive=form.cleaned_data["label_positive"],
         )
         text = (
@@ -157,11 +162,18 @@ class UploadView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
 
 
 class SimilarForm(ImageInputForm):
-    MODES = [("positives", "the positive images of the category"),
-             ("images", "uploaded images / URLs")]
+    MODES = [
+        ("positives", "the positive images of the category"),
+        ("images", "uploaded images / URLs"),
+    ]
     mode = forms.ChoiceField(choices=MODES, initial="positives", required=False)
-    k = forms.IntegerField(label="Results", min_value=1, max_value=similarity.MAX_K,
-                           initial=similarity.DEFAULT_K, required=False)
+    k = forms.IntegerField(
+        label="Results",
+        min_value=1,
+        max_value=similarity.MAX_K,
+        initial=similarity.DEFAULT_K,
+        required=False,
+    )
 
     def clean(self):
         data = super().clean()
@@ -188,7 +200,9 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         ctx.setdefault("form", SimilarForm(initial={"k": similarity.DEFAULT_K}))
         ctx["page_kind"] = self.page_kind
         ctx.update(
-            index_built=built, index_message=message, label_url=label_grid_url(),
+            index_built=built,
+            index_message=message,
+            label_url=label_grid_url(),
             max_positives=MAX_POSITIVES,
             n_positives=Annotation.objects.filter(
                 category=self.category, value=Label.POSITIVE, face__isnull=True
@@ -225,16 +239,22 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             ids = list(
                 Annotation.objects.filter(
                     category=self.category, value=Label.POSITIVE, face__isnull=True
-                ).order_by("-updated_at").values_list("image_id", flat=True)[:MAX_POSITIVES]
+                )
+                .order_by("-updated_at")
+                .values_list("image_id", flat=True)[:MAX_POSITIVES]
             )
             if not ids:
-                ctx = self.get_context_data(form=form, problems=[
-                    f"“{self.category.name}” has no positive images yet; label some first, "
-                    "or search with an uploaded image or URL."
-                ])
+                ctx = self.get_context_data(
+                    form=form,
+                    problems=[
+                        f"“{self.category.name}” has no positive images yet; label some first, "
+                        "or search with an uploaded image or URL."
+                    ],
+                )
                 return self.render_to_response(ctx, status=400)
-            return self.run_query(ids, f"{len(ids)} positive image(s) of “{self.category}”", k,
-                                  form=form)
+            return self.run_query(
+                ids, f"{len(ids)} positive image(s) of “{self.category}”", k, form=form
+            )
         images, problems = form.load_images()
         if problems:
             ctx = self.get_context_data(form=form, problems=problems)
@@ -250,7 +270,8 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             ctx = self.get_context_data(query_error=str(exc), **({"form": form} if form else {}))
             return self.render_to_response(ctx)
         query_id = save_results(
-            "similar", {"description": description, "results": results},
+            "similar",
+            {"description": description, "results": results},
             user=self.request.user,
         )
         return redirect(reverse("annotation:similar") + "?" + urlencode({"query": query_id}))
@@ -270,7 +291,8 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         images = Image.objects.select_related("video", "shot").in_bulk(ids)
         items = [
             image_item(images[i], labels.get(i), extra=f"distance {d:.3g}")
-            for i, d in page_rows if i in images
+            for i, d in page_rows
+            if i in images
         ]
         grid_page = list_grid_page(items, number=number, per_page=per_page, total=len(pairs))
         grid = GridSpec(
@@ -294,10 +316,11 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         scores = {int(i): float(d) for i, d in entry["results"]}
         existing = set(Image.objects.filter(pk__in=list(scores)).values_list("pk", flat=True))
         added = add_candidates(
-            self.category, existing, source=Source.SIMILARITY, user=self.request.user,
+            self.category,
+            existing,
+            source=Source.SIMILARITY,
+            user=self.request.user,
             scores=scores,
         )
-        messages.success(
-            self.request, f"{added} new candidate(s) added to “{self.category.name}”."
-        )
+        messages.success(self.request, f"{added} new candidate(s) added to “{self.category.name}”.")
         return redirect(reverse("annotation:similar") + "?" + urlencode({"query": query_id}))

@@ -35,7 +35,11 @@ class ReviewView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
         number, after = parse_page_args(request)
         counts, approximate = label_counts(category)
         grid_page = review_page(
-            category, value, page=number, per_page=rows * cols, after=after,
+            category,
+            value,
+            page=number,
+            per_page=rows * cols,
+            after=after,
             total=(counts.get(value, 0), approximate),
         )
         ctx.update(
@@ -43,7 +47,12 @@ class ReviewView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             tabs=[(name, counts.get(v, 0)) for name, v in VALUES.items()],
             counts_approximate=approximate,
             grid=build_grid(
-                request, grid_page, category, source=Source.REVIEW, rows=rows, cols=cols,
+                request,
+                grid_page,
+                category,
+                source=Source.REVIEW,
+                rows=rows,
+                cols=cols,
                 empty_message=f"No {value_name} labels for “{category.name}” yet.",
             ),
         )

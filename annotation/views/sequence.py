@@ -54,8 +54,11 @@ class SequenceImportView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView)
         ctx = super().get_context_data(**kwargs)
         ctx.setdefault("form", SequenceForm())
         ctx.update(
-            example=EXAMPLE_CSV, label_url=label_grid_url(), max_mb=MAX_BYTES // 2**20,
-            max_rows=MAX_ROWS, sync_rows=SYNC_ROW_LIMIT,
+            example=EXAMPLE_CSV,
+            label_url=label_grid_url(),
+            max_mb=MAX_BYTES // 2**20,
+            max_rows=MAX_ROWS,
+            sync_rows=SYNC_ROW_LIMIT,
         )
         return ctx
 

@@ -58,20 +58,21 @@ class EvaluationView(RoleRequiredMixin, TemplateView):
             baseline = baseline_for(version)
         data = compare_versions(version, baseline, use_default=False)
         new_evals = {e.category_name: e for e in version.evaluations.all()}
-        old_evals = (
-            {e.category_name: e for e in baseline.evaluations.all()} if baseline else {}
-        )
+        old_evals = {e.category_name: e for e in baseline.evaluations.all()} if baseline else {}
         rows, curves = [], {}
         for r in data["rows"]:
-            rows.append({
-                **r,
-                "ap_text": pct_number(r["ap"]),
-                "previous_text": pct_number(r["previous_ap"]),
-                "diff_text": pp(r["diff"]),
-                "diff_class": diff_class(r["diff"]),
-            })
+            rows.append(
+                {
+                    **r,
+                    "ap_text": pct_number(r["ap"]),
+                    "previous_text": pct_number(r["previous_ap"]),
+                    "diff_text": pp(r["diff"]),
+                    "diff_class": diff_class(r["diff"]),
+                }
+            )
             curves[r["name"]] = {
-                "ap": r["ap"], "previous_ap": r["previous_ap"],
+                "ap": r["ap"],
+                "previous_ap": r["previous_ap"],
                 "new": _curve(new_evals.get(r["name"])),
                 "old": _curve(old_evals.get(r["name"])),
             }
@@ -103,4 +104,3 @@ class EvaluationView(RoleRequiredMixin, TemplateView):
 
 def _diff(a: float | None, b: float | None) -> float | None:
     return a - b if a is not None and b is not None else None
-

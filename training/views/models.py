@@ -56,7 +56,8 @@ class ActivateVersionView(RoleRequiredMixin, View):
             messages.error(request, str(exc))
         else:
             messages.success(
-                request, f"v{version.version} is now the active concept model (validation "
-                f"mAP {pct(version.mean_ap)}); inference and retrieval use it from now on."
+                request,
+                f"v{version.version} is now the active concept model (validation "
+                f"mAP {pct(version.mean_ap)}); inference and retrieval use it from now on.",
             )
         return redirect("training:models")

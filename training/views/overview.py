@@ -37,9 +37,13 @@ class DatasetOverviewView(RoleRequiredMixin, TemplateView):
             chart_data={
                 "threshold": threshold,
                 "concepts": [
-                    {"name": c["name"], "positives": c["positives"],
-                     "negatives": c["negatives"], "neutral": c["neutral"],
-                     "eligible": c["eligible"]}
+                    {
+                        "name": c["name"],
+                        "positives": c["positives"],
+                        "negatives": c["negatives"],
+                        "neutral": c["neutral"],
+                        "eligible": c["eligible"],
+                    }
                     for c in concepts
                 ],
             },

@@ -40,34 +40,48 @@ class TrainForm(forms.Form):
         widget=forms.RadioSelect,
         error_messages={
             "invalid_choice": "The device %(value)s is not available (any more); choose "
-                              "another one from the list.",
+            "another one from the list.",
             "required": "Choose a device.",
         },
     )
     network = forms.ChoiceField(label="Backbone", initial=DEFAULTS.network)
     init = forms.ChoiceField(label="Start from", choices=INIT_CHOICES, initial=DEFAULTS.init)
     image_size = forms.IntegerField(
-        label="Image size (px)", required=False, min_value=32, max_value=1024,
+        label="Image size (px)",
+        required=False,
+        min_value=32,
+        max_value=1024,
         help_text="Empty: the backbone's own size (300 px for B3).",
     )
     batch_size = forms.IntegerField(
-        label="Batch size", min_value=1, max_value=1024, initial=DEFAULTS.batch_size,
+        label="Batch size",
+        min_value=1,
+        max_value=1024,
+        initial=DEFAULTS.batch_size,
         help_text="Smaller if the GPU runs out of memory.",
     )
     epochs_phase1 = forms.IntegerField(
-        label="Epochs, phase 1 (head)", min_value=0, max_value=500,
+        label="Epochs, phase 1 (head)",
+        min_value=0,
+        max_value=500,
         initial=DEFAULTS.epochs_phase1,
     )
     epochs_phase2 = forms.IntegerField(
-        label="Epochs, phase 2 (fine-tuning)", min_value=0, max_value=500,
-        initial=DEFAULTS.epochs_phase2, help_text="Early stopping usually ends sooner.",
+        label="Epochs, phase 2 (fine-tuning)",
+        min_value=0,
+        max_value=500,
+        initial=DEFAULTS.epochs_phase2,
+        help_text="Early stopping usually ends sooner.",
     )
     loss_preset = forms.ChoiceField(
-        label="Loss weights", widget=forms.RadioSelect, initial=DEFAULTS.loss_preset,
+        label="Loss weights",
+        widget=forms.RadioSelect,
+        initial=DEFAULTS.loss_preset,
         choices=[(name, _preset_label(name)) for name in PRESETS],
     )
     min_positives = forms.IntegerField(
-        label="Minimum positives per concept", min_value=2,
+        label="Minimum positives per concept",
+        min_value=2,
         help_text="Concepts with fewer positive labels are left out.",
     )
 
@@ -79,10 +93,14 @@ class TrainForm(forms.Form):
         self.fields["device"].initial = (free or devices or [{"id": "cpu"}])[0]["id"]
         networks = queries.network_choices()
         self.fields["network"].choices = [
-            ("EfficientNet (ImageNet-initialised)",
-             [(name, description) for name, description, _s, pre in networks if pre]),
-            ("Small test networks (random initialisation)",
-             [(name, description) for name, description, _s, pre in networks if not pre]),
+            (
+                "EfficientNet (ImageNet-initialised)",
+                [(name, description) for name, description, _s, pre in networks if pre],
+            ),
+            (
+                "Small test networks (random initialisation)",
+                [(name, description) for name, description, _s, pre in networks if not pre],
+            ),
         ]
         self.fields["min_positives"].initial = int(
             getattr(settings, "VIVA_TRAIN_MIN_POSITIVES", 100)
@@ -97,16 +115,28 @@ class TrainForm(forms.Form):
         if not status["pretrained"]:
             # Test/demo networks have no ImageNet weights: random init is the only choice.
             data["init"] = "random"
-        elif (data.get("init") == "pretrained" and not status["available"]
-              and not queries.download_allowed()):
+        elif (
+            data.get("init") == "pretrained"
+            and not status["available"]
+            and not queries.download_allowed()
+        ):
             self.add_error("init", status["text"])
         return data
 
     def options(self) -> dict:
         """The options dict of :func:`training.services.start_training`."""
         data = self.cleaned_data
-        keys = ("device", "network", "init", "image_size", "batch_size", "epochs_phase1",
-                "epochs_phase2", "loss_preset", "min_positives")
+        keys = (
+            "device",
+            "network",
+            "init",
+            "image_size",
+            "batch_size",
+            "epochs_phase1",
+            "epochs_phase2",
+            "loss_preset",
+            "min_positives",
+        )
         return {k: data[k] for k in keys if data.get(k) is not None}
 
 
@@ -158,14 +188,23 @@ class TrainView(RoleRequiredMixin, TemplateView):
             run_version=run_version,
             runs=queries.training_jobs(10),
             presets=[
-                {"name": p.name, "alpha_pos": p.alpha_pos, "alpha_neg": p.alpha_neg,
-                 "alpha_weak": p.alpha_weak, "gamma": p.gamma, "description": p.description,
-                 "checked": str(form["loss_preset"].value()) == p.name}
+                {
+                    "name": p.name,
+                    "alpha_pos": p.alpha_pos,
+                    "alpha_neg": p.alpha_neg,
+                    "alpha_weak": p.alpha_weak,
+                    "gamma": p.gamma,
+                    "description": p.description,
+                    "checked": str(form["loss_preset"].value()) == p.name,
+                }
                 for p in PRESETS.values()
             ],
             networks_info={
-                name: {"size": size, "pretrained": pre,
-                       "weights": queries.weights_status(name)["text"]}
+                name: {
+                    "size": size,
+                    "pretrained": pre,
+                    "weights": queries.weights_status(name)["text"],
+                }
                 for name, _description, size, pre in networks
             },
             default_network=DEFAULTS.network,
@@ -181,11 +220,13 @@ class TrainView(RoleRequiredMixin, TemplateView):
                 messages.error(request, f"Training was not started: {exc}")
             else:
                 messages.success(
-                    request, f"Training started on {job.device or form.cleaned_data['device']} "
-                    f"(job {job.pk}). You can leave this page; the run goes on."
+                    request,
+                    f"Training started on {job.device or form.cleaned_data['device']} "
+                    f"(job {job.pk}). You can leave this page; the run goes on.",
                 )
                 return HttpResponseRedirect(f"{reverse('training:train')}?job={job.pk}")
         else:
-            messages.error(request, "Training was not started: please correct the options "
-                           "marked below.")
+            messages.error(
+                request, "Training was not started: please correct the options marked below."
+            )
         return self.render_to_response(self.get_context_data(form=form), status=200)

@@ -19,8 +19,15 @@ from django.db import IntegrityError, transaction
 from PIL import Image as PILImage
 from PIL import UnidentifiedImageError
 
-from ..media import copy_into_media, media_path, remove_quietly, sha256_file, sharded
-from ..media import write_jpeg, write_thumbnail
+from ..media import (
+    copy_into_media,
+    media_path,
+    remove_quietly,
+    sha256_file,
+    sharded,
+    write_jpeg,
+    write_thumbnail,
+)
 from ..models import Collection, Image, Shot, Video
 from .shots import VideoError, detect_shots, extract_frames, keyframe_indices
 
@@ -113,9 +120,14 @@ def import_video(
             written.append(write_jpeg(picture, base + ".jpg"))
             written.append(write_thumbnail(picture, base + "_t.jpg"))
             keyframes.append(
-                {"frame": frame, "file": base + ".jpg", "thumb": base + "_t.jpg",
-                 "w": picture.width, "h": picture.height,
-                 "sha": sha256_file(media_path(base + ".jpg"))}
+                {
+                    "frame": frame,
+                    "file": base + ".jpg",
+                    "thumb": base + "_t.jpg",
+                    "w": picture.width,
+                    "h": picture.height,
+                    "sha": sha256_file(media_path(base + ".jpg")),
+                }
             )
             report(0.8 + 0.2 * (i + 1) / max(len(plan), 1))
         if not keyframes:
@@ -144,16 +156,26 @@ def import_video(
                 if number not in decoded_shots:
                     continue
                 shot_rows[number] = Shot(
-                    video=video, number=number, start_frame=start, end_frame=end,
-                    start_ms=video.frame_to_ms(start), end_ms=video.frame_to_ms(end + 1),
+                    video=video,
+                    number=number,
+                    start_frame=start,
+                    end_frame=end,
+                    start_ms=video.frame_to_ms(start),
+                    end_ms=video.frame_to_ms(end + 1),
                 )
             Shot.objects.bulk_create(shot_rows.values())
             Image.objects.bulk_create(
                 Image(
-                    collection=collection, video=video, shot=shot_rows[plan[k["frame"]]],
-                    frame=k["frame"], time_ms=video.frame_to_ms(k["frame"]),
-                    file=k["file"], thumbnail=k["thumb"], sha256=k["sha"],
-                    width=k["w"], height=k["h"],
+                    collection=collection,
+                    video=video,
+                    shot=shot_rows[plan[k["frame"]]],
+                    frame=k["frame"],
+                    time_ms=video.frame_to_ms(k["frame"]),
+                    file=k["file"],
+                    thumbnail=k["thumb"],
+                    sha256=k["sha"],
+                    width=k["w"],
+                    height=k["h"],
                 )
                 for k in keyframes
             )
@@ -184,8 +206,11 @@ def open_image_checked(path: Path) -> PILImage.Image:
             picture.load()
     except ImportFailed:
         raise
-    except (UnidentifiedImageError, PILImage.DecompressionBombError,
-            PILImage.DecompressionBombWarning) as exc:
+    except (
+        UnidentifiedImageError,
+        PILImage.DecompressionBombError,
+        PILImage.DecompressionBombWarning,
+    ) as exc:
         raise ImportFailed(f"Not a readable image ({exc}).") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImportFailed(f"The image file is damaged or truncated ({exc}).") from exc
@@ -211,8 +236,12 @@ def import_image(
         written.append(write_thumbnail(picture, thumb_rel))
         with transaction.atomic():
             image = Image.objects.create(
-                collection=collection, file=rel, thumbnail=thumb_rel, sha256=sha,
-                width=picture.width, height=picture.height,
+                collection=collection,
+                file=rel,
+                thumbnail=thumb_rel,
+                sha256=sha,
+                width=picture.width,
+                height=picture.height,
                 original_name=original_name or path.name,
             )
     except IntegrityError:
@@ -230,7 +259,9 @@ def expand_paths(paths: list[str], suffixes: set[str]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes))
+            found.extend(
+                sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in suffixes)
+            )
         else:
             found.append(p)
     return found

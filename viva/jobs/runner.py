@@ -153,9 +153,7 @@ def cancel_job(job: Job) -> Job:
     Job.objects.filter(pk=job.pk, status=Job.Status.QUEUED).update(
         status=Job.Status.CANCELLED, finished_at=timezone.now()
     )
-    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(
-        status=Job.Status.CANCELLING
-    )
+    Job.objects.filter(pk=job.pk, status=Job.Status.RUNNING).update(status=Job.Status.CANCELLING)
     job.refresh_from_db()
     return job
 

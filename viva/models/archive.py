@@ -135,3 +135,6 @@ class Face(models.Model):
 
     class Meta:
         ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"face {self.pk} in image {self.image_id}"

@@ -140,7 +140,11 @@ class UploadView(RoleRequiredMixin, FormView):
         batch = uuid.uuid4().hex
         groups: dict[str, list] = {"import_videos": [], "import_images": []}
         for upload in form.cleaned_data["files"]:
-            kind = "import_videos" if Path(upload.name).suffix.lower() in VIDEO_SUFFIXES else "import_images"
+            kind = (
+                "import_videos"
+                if Path(upload.name).suffix.lower() in VIDEO_SUFFIXES
+                else "import_images"
+            )
             groups[kind].append(upload)
         jobs = []
         for kind, uploads in groups.items():
@@ -158,12 +162,18 @@ class UploadView(RoleRequiredMixin, FormView):
                 paths.append(str(target))
                 names[str(target)] = upload.name
             what = "video(s)" if kind == "import_videos" else "image(s)"
-            jobs.append(start_job(
-                kind,
-                {"collection_id": collection.pk, "paths": paths, "names": names,
-                 "cleanup_dirs": [str(folder)]},
-                user=self.request.user,
-                title=f"Import {len(paths)} {what} into {collection}",
-            ))
+            jobs.append(
+                start_job(
+                    kind,
+                    {
+                        "collection_id": collection.pk,
+                        "paths": paths,
+                        "names": names,
+                        "cleanup_dirs": [str(folder)],
+                    },
+                    user=self.request.user,
+                    title=f"Import {len(paths)} {what} into {collection}",
+                )
+            )
         messages.success(self.request, "Upload received; the import runs as a job below.")
         return redirect("jobs:detail", pk=jobs[0].pk)

@@ -106,6 +106,7 @@ class WorkerCheckView(RoleRequiredMixin, View):
     min_role = Role.TRAINER
 
     def post(self, request):
-        job = start_job("worker_check", {"steps": 20, "delay": 0.25}, user=request.user,
-                        title="Worker check")
+        job = start_job(
+            "worker_check", {"steps": 20, "delay": 0.25}, user=request.user, title="Worker check"
+        )
         return redirect("jobs:detail", pk=job.pk)

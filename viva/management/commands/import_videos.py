@@ -34,22 +34,31 @@ class ImportCommand(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("paths", nargs="+", metavar="PATH", help="Files or folders.")
         parser.add_argument(
-            "--collection", default=self.default_collection,
+            "--collection",
+            default=self.default_collection,
             help=f"Target collection, created if missing (default: {self.default_collection!r}).",
         )
         mode = parser.add_mutually_exclusive_group()
-        mode.add_argument("--sync", action="store_true",
-                          help="Run the import in this process instead of on a worker.")
-        mode.add_argument("--wait", action="store_true",
-                          help="Queue the job for a worker and wait until it has finished.")
+        mode.add_argument(
+            "--sync",
+            action="store_true",
+            help="Run the import in this process instead of on a worker.",
+        )
+        mode.add_argument(
+            "--wait",
+            action="store_true",
+            help="Queue the job for a worker and wait until it has finished.",
+        )
         parser.add_argument("--user", help="Record this user as the job's creator.")
         parser.add_argument(
-            "--base-url", default=os.environ.get("VIVA_BASE_URL", "http://127.0.0.1:8000"),
+            "--base-url",
+            default=os.environ.get("VIVA_BASE_URL", "http://127.0.0.1:8000"),
             help="Used to print the job's page (default: $VIVA_BASE_URL or %(default)s).",
         )
 
-    def handle(self, *args, paths, collection, sync=False, wait=False, user=None,
-               base_url="", **options):
+    def handle(
+        self, *args, paths, collection, sync=False, wait=False, user=None, base_url="", **options
+    ):
         missing = [p for p in paths if not Path(p).exists()]
         if missing:
             raise CommandError("No such file or folder: " + ", ".join(missing))

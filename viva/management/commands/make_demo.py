@@ -15,23 +15,27 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--if-empty", action="store_true",
+            "--if-empty",
+            action="store_true",
             help="Build the archive only when it has no videos yet (used by `make run`).",
         )
         parser.add_argument(
             "--no-user", action="store_true", help=f"Do not create the demo user {DEMO_ADMIN!r}."
         )
         parser.add_argument(
-            "--role-users", action="store_true",
+            "--role-users",
+            action="store_true",
             help="Also create the users researcher, annotator and trainer (random passwords).",
         )
         parser.add_argument(
-            "--no-worker-job", action="store_true",
+            "--no-worker-job",
+            action="store_true",
             help="Do not queue the short 'worker check' job that shows the worker running.",
         )
 
-    def handle(self, *args, if_empty=False, no_user=False, role_users=False,
-               no_worker_job=False, **options):
+    def handle(
+        self, *args, if_empty=False, no_user=False, role_users=False, no_worker_job=False, **options
+    ):
         report = build_demo(
             say=self.stdout.write,
             with_admin=not no_user,

@@ -26,23 +26,36 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument(
-            "--addr", default="127.0.0.1:8000",
+            "--addr",
+            default="127.0.0.1:8000",
             help="ip:port of the web server (default %(default)s: this machine only).",
         )
         parser.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
         parser.add_argument("--queues", default=QUEUES, help="Worker queues (%(default)s).")
         parser.add_argument("--loglevel", default="info", help="Worker log level.")
         parser.add_argument(
-            "--reload", action="store_true",
+            "--reload",
+            action="store_true",
             help="Restart the web server when code changes (the worker is not restarted).",
         )
         parser.add_argument(
-            "--grace", type=float, default=15.0,
+            "--grace",
+            type=float,
+            default=15.0,
             help="Seconds to let a running job stop cleanly on Ctrl-C before killing it.",
         )
 
-    def handle(self, *args, addr: str, concurrency: int, queues: str, loglevel: str,
-               reload: bool, grace: float, **options):
+    def handle(
+        self,
+        *args,
+        addr: str,
+        concurrency: int,
+        queues: str,
+        loglevel: str,
+        reload: bool,
+        grace: float,
+        **options,
+    ):
         host, _, port = addr.rpartition(":")
         if not host or not port.isdigit():
             raise CommandError(f"--addr must look like 127.0.0.1:8000, not {addr!r}.")
@@ -56,9 +69,22 @@ class Command(BaseCommand):
         if not reload:
             web_cmd.append("--noreload")
         worker_cmd = [
-            sys.executable, "-m", "celery", "-A", "viva", "worker", "-Q", queues,
-            "-c", str(concurrency), "-l", loglevel, "-n", f"viva-{os.getpid()}@%h",
-            "--without-mingle", "--without-gossip",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "viva",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            str(concurrency),
+            "-l",
+            loglevel,
+            "-n",
+            f"viva-{os.getpid()}@%h",
+            "--without-mingle",
+            "--without-gossip",
         ]
         env = os.environ.copy()
         env.setdefault("DJANGO_SETTINGS_MODULE", "viva.settings")
