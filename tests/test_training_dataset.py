@@ -234,3 +234,10 @@ def test_preprocessing_round_trip():
     with pytest.raises(ValueError):
         Preprocessing(image_size=4)
     assert settings.MEDIA_ROOT  # the dataset reads relative paths from MEDIA_ROOT
+
+
+def test_overview_without_trainable_concepts(small_labels):
+    data = dataset_overview(min_positives=50)
+    assert data["totals"]["eligible_concepts"] == 0 and data["totals"]["images"] == 0
+    assert not any(c["eligible"] for c in data["concepts"])
+    assert data["totals"]["positives"] == 6

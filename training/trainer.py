@@ -419,7 +419,10 @@ class Trainer:
             raise
         finally:
             self.monitor.stop()
-            self.monitor.drain(self.ctx)
+            # Persistent DataLoader workers end with their loader; a cancelled run's
+            # traceback would otherwise keep this object, and them, alive.
+            self.train_loader = self.val_loader = None
+        self.monitor.drain(self.ctx)
         return self.finish(*self.best_scores)
 
     def run_phase(self, phase: Phase) -> None:

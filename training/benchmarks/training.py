@@ -194,13 +194,26 @@ def pipeline_cost(opts: dict, folder: Path, files: list[str], n: int = 64) -> fl
         root=folder,
         augmentation=Augmentation(),
     )
-    start = time.process_time()
-    for i in range(len(dataset)):
-        dataset[i]
-    return 1000 * (time.process_time() - start) / len(dataset)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    try:
+        start = time.process_time()
+        for i in range(len(dataset)):
+            dataset[i]
+        return 1000 * (time.process_time() - start) / len(dataset)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run(**opts) -> dict:
+    threads = torch.get_num_threads()
+    try:
+        return _run(opts)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(opts: dict) -> dict:
     random.seed(0)
     device = select_device(opts["device"])
     if opts["threads"]:
