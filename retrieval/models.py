@@ -1,0 +1,102 @@
+"""Predictions of concept (and later person) models over the archive, and the inference
+runs that produce them.
+
+A run is split into chunks of consecutive image ids so several workers can share it and
+a restarted worker continues where the last one stopped: a chunk's predictions are
+written in the same transaction that marks it done, so nothing is scored twice or
+skipped. Retrieval reads only the *published* run of a kind: a new model version's
+predictions replace the old ones when its run has completed, not before.
+"""
+
+from __future__ import annotations
+
+from django.db import models
+
+from annotation.models import Category
+from training.models import ModelVersion
+from viva.models import Image, Job
+
+
+class InferenceRun(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        COMPLETE = "complete", "Complete"
+        FAILED = "failed", "Failed"
+
+    model_version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="inference_runs"
+    )
+    job = models.ForeignKey(Job, null=True, blank=True, on_delete=models.SET_NULL)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    collection_ids = models.JSONField(default=list, blank=True, help_text="Empty: all.")
+    score_floor = models.FloatField(
+        help_text="Scores below this are not stored (see docs/prediction-storage.md)."
+    )
+    n_images = models.PositiveIntegerField(default=0)
+    n_chunks = models.PositiveIntegerField(default=0)
+    is_published = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_published"],
+                condition=models.Q(is_published=True),
+                name="inferencerun_one_published",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"inference of {self.model_version} ({self.get_status_display()})"
+
+
+class InferenceChunk(models.Model):
+    """A range of image ids ``[first_image_id, last_image_id]`` of one run."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "Claimed"
+        DONE = "done", "Done"
+
+    run = models.ForeignKey(InferenceRun, on_delete=models.CASCADE, related_name="chunks")
+    number = models.PositiveIntegerField()
+    first_image_id = models.BigIntegerField()
+    last_image_id = models.BigIntegerField()
+    n_images = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    n_scored = models.PositiveIntegerField(default=0)
+    n_skipped = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["run", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "number"], name="inferencechunk_unique")
+        ]
+        indexes = [models.Index(fields=["run", "status"], name="inferencechunk_status")]
+
+    def __str__(self) -> str:
+        return f"chunk {self.number} of run {self.run_id}"
+
+
+class Prediction(models.Model):
+    """One stored score; only scores at or above the run's floor are kept."""
+
+    run = models.ForeignKey(InferenceRun, on_delete=models.CASCADE, related_name="predictions")
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+", db_index=False)
+    score = models.FloatField()
+
+    class Meta:
+        indexes = [
+            # Ranked retrieval: top-k of one category in one run, read in index order.
+            models.Index(fields=["run", "category", "-score"], name="prediction_rank"),
+            models.Index(fields=["image", "run"], name="prediction_image"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.category_id} · image {self.image_id}: {self.score:.3f}"
