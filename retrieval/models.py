@@ -6,6 +6,11 @@ a restarted worker continues where the last one stopped: a chunk's predictions a
 written in the same transaction that marks it done, so nothing is scored twice or
 skipped. Retrieval reads only the *published* run of a kind: a new model version's
 predictions replace the old ones when its run has completed, not before.
+
+Service: :mod:`retrieval.inference`; storage choice (a score floor) and its size:
+``docs/prediction-storage.md``. Retrieval reads ``Prediction`` rows of the run with
+``is_published=True`` (one per kind); superseded runs keep their row (history) but
+lose their predictions.
 """
 
 from __future__ import annotations
@@ -22,7 +27,11 @@ class InferenceRun(models.Model):
         RUNNING = "running", "Running"
         COMPLETE = "complete", "Complete"
         FAILED = "failed", "Failed"
+        SUPERSEDED = "superseded", "Superseded"
 
+    kind = models.CharField(
+        max_length=10, default="concept", help_text="The model version's kind (concept, …)."
+    )
     model_version = models.ForeignKey(
         ModelVersion, on_delete=models.CASCADE, related_name="inference_runs"
     )
@@ -34,15 +43,19 @@ class InferenceRun(models.Model):
     )
     n_images = models.PositiveIntegerField(default=0)
     n_chunks = models.PositiveIntegerField(default=0)
+    n_scored = models.PositiveIntegerField(default=0, help_text="Filled when complete.")
+    n_skipped = models.PositiveIntegerField(default=0, help_text="Unreadable keyframes.")
+    n_predictions = models.PositiveBigIntegerField(default=0, help_text="Rows stored.")
     is_published = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    published_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["is_published"],
+                fields=["kind"],
                 condition=models.Q(is_published=True),
                 name="inferencerun_one_published",
             )
@@ -53,7 +66,11 @@ class InferenceRun(models.Model):
 
 
 class InferenceChunk(models.Model):
-    """A range of image ids ``[first_image_id, last_image_id]`` of one run."""
+    """A range of image ids ``[first_image_id, last_image_id]`` of one run.
+
+    Claimed atomically (``UPDATE … WHERE status='pending'``, or ``'claimed'`` with a
+    heartbeat older than ``VIVA_JOB_HEARTBEAT_TIMEOUT``); its predictions are written in
+    the transaction that marks it done, and only by the holder of ``claimed_by``."""
 
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -68,9 +85,11 @@ class InferenceChunk(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     claimed_by = models.CharField(max_length=200, blank=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     done_at = models.DateTimeField(null=True, blank=True)
     n_scored = models.PositiveIntegerField(default=0)
     n_skipped = models.PositiveIntegerField(default=0)
+    n_predictions = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["run", "number"]

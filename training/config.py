@@ -12,10 +12,15 @@ from dataclasses import asdict, dataclass, fields
 
 from django.conf import settings
 
-from .dataset import DEFAULT_SEED, VAL_NEGATIVE_FRACTION, VAL_POSITIVES
-from .losses import DEFAULT_PRESET, PRESETS
-from .networks import DEFAULT_NETWORK, NETWORKS
-from .weights import INITS
+from .constants import (
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    INITS,
+    PRESETS,
+    VAL_NEGATIVE_FRACTION,
+    VAL_POSITIVES,
+)
+from .network_specs import DEFAULT_NETWORK, NETWORKS
 
 
 @dataclass

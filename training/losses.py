@@ -16,79 +16,39 @@ feedback) are mostly hard examples and get a high weight. A focal factor (Lin et
 Everything is computed from logits with log-sigmoid: ``log p = logsigmoid(x)``,
 ``log(1−p) = logsigmoid(−x)`` and the focal factors as ``exp(γ · logsigmoid(±x))``, so
 there is no ``log(0)`` and no ``0^γ`` with an infinite derivative at p = 0 or 1.
+
+The target codes and the presets live in the torch-free :mod:`training.constants` (the
+pages read them) and are re-exported here.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-# Target codes per (image, concept); stored as int8 in label matrices and batches.
-POS = 1  # labelled positive
-NEG = 0  # labelled negative
-WEAK = 2  # not labelled for this concept, but positive for another one
-IGNORE = -1  # neutral ("difficult") or unknown: contributes nothing
+from .constants import (  # noqa: F401 - re-exported: the codes and presets live there
+    DEFAULT_PRESET,
+    IGNORE,
+    NEG,
+    POS,
+    PRESETS,
+    WEAK,
+    LossPreset,
+    get_preset,
+)
 
-
-@dataclass(frozen=True)
-class LossPreset:
-    """Loss weights of one approach of Table 6.4 (section 6.3.5).
-
-    ``positive_images_only`` is part of approach A: it trains only on images with at least
-    one positive label, i.e. the labelled negatives of review/feedback are not used as
-    such (on an image that is positive for another concept they are weak negatives, which
-    ``alpha_neg == alpha_weak`` reproduces).
-    """
-
-    name: str
-    alpha_pos: float
-    alpha_neg: float
-    alpha_weak: float
-    gamma: float = 2.0
-    positive_images_only: bool = False
-    description: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-# Section 6.3.5, "Three different approaches were evaluated" (mAP in Table 6.4).
-PRESETS: dict[str, LossPreset] = {
-    "A": LossPreset(
-        "A",
-        alpha_pos=0.8,
-        alpha_neg=0.1,
-        alpha_weak=0.1,
-        positive_images_only=True,
-        description="Positive images only; other concepts are weak negatives (mAP 71.11 %).",
-    ),
-    "B": LossPreset(
-        "B",
-        alpha_pos=0.8,
-        alpha_neg=0.1,
-        alpha_weak=0.1,
-        description="All images; labelled negatives weighted as low as weak ones (78.31 %).",
-    ),
-    "C": LossPreset(
-        "C",
-        alpha_pos=0.8,
-        alpha_neg=0.8,
-        alpha_weak=0.2,
-        description="Positives and labelled negatives equal, weak negatives low (79.88 %).",
-    ),
-}
-DEFAULT_PRESET = "C"
-
-
-def get_preset(name: str) -> LossPreset:
-    try:
-        return PRESETS[name.upper()]
-    except (KeyError, AttributeError):
-        raise ValueError(
-            f"Unknown loss preset {name!r}; choose one of {', '.join(PRESETS)}."
-        ) from None
+__all__ = [
+    "DEFAULT_PRESET",
+    "IGNORE",
+    "NEG",
+    "POS",
+    "PRESETS",
+    "WEAK",
+    "IncompleteFocalLoss",
+    "LossPreset",
+    "get_preset",
+    "incomplete_focal_loss",
+]
 
 
 def incomplete_focal_loss(

@@ -66,4 +66,7 @@ class UtilisationMonitor(threading.Thread):
                 del series[:-SERIES_WINDOW]
 
     def stop(self) -> None:
+        """Stop sampling; one last reading so even a run shorter than the interval
+        has a point on the utilisation chart."""
         self.stop_event.set()
+        self.sample()

@@ -13,49 +13,41 @@ network, so training and inference cannot disagree about it.
 
 Tiny networks (``efficientnet-tiny``, ``tiny-cnn``) exist for tests and the demo: random
 initialisation, seconds per epoch on a CPU.
+
+The registry itself (names, default sizes, pretrained weights families) is the torch-free
+:mod:`training.network_specs`, which the pages read; it is re-exported here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
+from .network_specs import (
+    DEFAULT_DROPOUT,
+    DEFAULT_NETWORK,
+    NETWORKS,
+    NetworkSpec,
+    available_networks,
+    get_spec,
+    register,
+)
 from .preprocessing import Preprocessing
 
-DEFAULT_NETWORK = "efficientnet-b3"
-DEFAULT_DROPOUT = 0.2
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """One registry entry. ``pretrained`` names the ImageNet weights file family
-    (``training.weights``) or is ``None`` for networks that only train from scratch."""
-
-    name: str
-    build_backbone: Callable[[int], tuple[nn.Module, int]]  # image_size → (module, channels)
-    default_image_size: int
-    pretrained: str | None
-    description: str = ""
-
-
-NETWORKS: dict[str, NetworkSpec] = {}
-
-
-def register(spec: NetworkSpec) -> NetworkSpec:
-    NETWORKS[spec.name] = spec
-    return spec
-
-
-def get_spec(name: str) -> NetworkSpec:
-    try:
-        return NETWORKS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown network {name!r}; available: {', '.join(sorted(NETWORKS))}."
-        ) from None
+__all__ = [
+    "DEFAULT_DROPOUT",
+    "DEFAULT_NETWORK",
+    "NETWORKS",
+    "ConceptNet",
+    "EfficientNetBackbone",
+    "NetworkSpec",
+    "TinyCNN",
+    "available_networks",
+    "build_model",
+    "get_spec",
+    "network_config",
+    "register",
+]
 
 
 # --- backbones --------------------------------------------------------------------------
@@ -74,14 +66,6 @@ class EfficientNetBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x)
-
-
-def _efficientnet(variant: str, **override) -> Callable[[int], tuple[nn.Module, int]]:
-    def build(image_size: int) -> tuple[nn.Module, int]:
-        module = EfficientNetBackbone(variant, image_size, **override)
-        return module, module.out_channels
-
-    return build
 
 
 class TinyCNN(nn.Module):
@@ -103,51 +87,6 @@ class TinyCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-
-def _tiny_cnn(image_size: int) -> tuple[nn.Module, int]:
-    module = TinyCNN()
-    return module, module.out_channels
-
-
-_EFFICIENTNET_SIZES = {0: 224, 1: 240, 2: 260, 3: 300, 4: 380, 5: 456, 6: 528, 7: 600}
-for _b, _size in _EFFICIENTNET_SIZES.items():
-    register(
-        NetworkSpec(
-            name=f"efficientnet-b{_b}",
-            build_backbone=_efficientnet(f"efficientnet-b{_b}"),
-            default_image_size=_size,
-            pretrained=f"efficientnet-b{_b}",
-            description=f"EfficientNet-B{_b} (ImageNet-initialised), {_size} px",
-        )
-    )
-register(
-    NetworkSpec(
-        name="efficientnet-tiny",
-        build_backbone=_efficientnet(
-            "efficientnet-b0",
-            width_coefficient=0.5,
-            depth_coefficient=0.5,
-            drop_connect_rate=0.0,
-            # TF's BN momentum (0.99 here ↔ 0.01 in PyTorch terms) leaves the running
-            # statistics near their initial values after the few hundred steps a tiny
-            # from-scratch run has, and evaluation then sees garbage.
-            batch_norm_momentum=0.9,
-        ),
-        default_image_size=64,
-        pretrained=None,
-        description="EfficientNet-B0 at half width and depth, 64 px (tests, demo; random init)",
-    )
-)
-register(
-    NetworkSpec(
-        name="tiny-cnn",
-        build_backbone=_tiny_cnn,
-        default_image_size=64,
-        pretrained=None,
-        description="Four conv layers, 64 px (tests, demo; random init)",
-    )
-)
 
 
 # --- the concept network ------------------------------------------------------------------
@@ -226,16 +165,3 @@ def build_model(config: dict) -> ConceptNet:
         preprocessing,
         dropout=float(net.get("dropout", DEFAULT_DROPOUT)),
     )
-
-
-def available_networks() -> list[dict]:
-    """For the "advanced" fold of the training page."""
-    return [
-        {
-            "name": s.name,
-            "default_image_size": s.default_image_size,
-            "pretrained": s.pretrained is not None,
-            "description": s.description,
-        }
-        for s in NETWORKS.values()
-    ]

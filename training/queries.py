@@ -2,14 +2,12 @@
 
 Kept apart from :mod:`training.services` and :mod:`training.registry` (which do the work)
 so the pages can ask cheap questions without building a label matrix: the train page is
-opened often, and :func:`training.dataset.dataset_overview` reads every label and draws a
-split — fine for the overview page, too slow to run on every visit of the train page of
-an archive with millions of labels.
+opened often and must stay cheap in an archive with millions of labels. Torch-free at
+import time, like everything the pages import (see :mod:`training.constants`).
 """
 
 from __future__ import annotations
 
-from django.conf import settings
 from django.db.models import Count
 
 from annotation.models import Annotation, Category
@@ -17,9 +15,10 @@ from viva.models import Job
 
 from .errors import TrainingError
 from .models import ModelVersion
-from .networks import NETWORKS, get_spec
+from .network_specs import NETWORKS, get_spec
 from .services import JOB_KIND
 from .weights import WeightsUnavailable, resolve_weights
+from .weights import download_allowed as _download_allowed
 
 
 def eligible_concept_count(threshold: int) -> tuple[int, int]:
@@ -67,8 +66,8 @@ def weights_status(network: str) -> dict:
     *without* downloading anything: ``{"network", "pretrained", "available", "text"}``.
 
     Shown in the advanced fold so a non-expert learns before pressing "Start" that an
-    offline machine needs the weights file (DESIGN.md 6), and used to refuse a start that
-    could only fail in the worker."""
+    offline machine needs the weights file (DESIGN.md 6). Refusing such a start is
+    :func:`training.services.check_start_weights` (same look-up)."""
     spec = get_spec(network)
     if spec.pretrained is None:
         return {
@@ -107,7 +106,7 @@ def weights_status(network: str) -> dict:
 
 def download_allowed() -> bool:
     """The setting :mod:`training.weights` reads (``VIVA_ALLOW_WEIGHT_DOWNLOAD``)."""
-    return bool(getattr(settings, "VIVA_ALLOW_WEIGHT_DOWNLOAD", True))
+    return _download_allowed()
 
 
 def network_choices() -> list[tuple[str, str, int, bool]]:

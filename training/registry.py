@@ -11,6 +11,10 @@ because the two were measured on different validation sets (labels change betwee
 so the split does too); the evaluation page shows both, and a trainer who prefers the
 older model calls :func:`activate` on it. Exactly one version per kind is active
 (a partial unique constraint enforces it).
+
+The readers (:func:`list_versions`, :func:`compare_versions`, :func:`pr_curve`,
+:func:`activate`, …) run in the web process, so this module imports torch only inside
+the function that writes the weights.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -159,6 +162,8 @@ def save_version(
 
 
 def _save_weights(state_dict: dict, path: Path) -> None:
+    import torch  # only the worker saves; the pages import this module without torch
+
     with open(path, "wb") as fh:
         torch.save(state_dict, fh)
         fh.flush()

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
+from .constants import NEG, POS, WEAK
 from .dataset import ImageFileDataset, make_loader
-from .losses import NEG, POS, WEAK
 from .models import ModelVersion
 from .networks import ConceptNet, build_model
 from .preprocessing import Preprocessing

@@ -35,17 +35,12 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .dataset import (
-    Augmentation,
-    ImageFileDataset,
-    LabelMatrix,
-    build_label_matrix,
-    make_loader,
-    make_split,
-)
+from .constants import get_preset
+from .dataset import Augmentation, ImageFileDataset, make_loader
 from .devices import local_device_exists, normalize_device
 from .errors import TrainingError
-from .losses import IncompleteFocalLoss, get_preset
+from .label_matrix import LabelMatrix, build_label_matrix, make_split
+from .losses import IncompleteFocalLoss
 from .monitor import UtilisationMonitor
 from .networks import ConceptNet, build_model, network_config
 from .preprocessing import Preprocessing

@@ -7,6 +7,7 @@ with its URL, so "Train concepts" at ``/train/`` would light up on the evaluatio
 from django.urls import path
 
 from .views.evaluation import EvaluationView
+from .views.inference import InferenceView
 from .views.models import ActivateVersionView, ModelListView
 from .views.overview import DatasetOverviewView
 from .views.train import TrainView
@@ -18,4 +19,5 @@ urlpatterns = [
     path("models/", ModelListView.as_view(), name="models"),
     path("models/<int:pk>/activate/", ActivateVersionView.as_view(), name="activate"),
     path("evaluation/", EvaluationView.as_view(), name="evaluation"),
+    path("inference/", InferenceView.as_view(), name="inference"),
 ]

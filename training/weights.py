@@ -14,6 +14,10 @@ records which one it used:
 Random initialisation happens only when it is asked for (``init="random"``: tests, demo,
 tiny networks). Files are read with ``torch.load(..., weights_only=True)``: a checkpoint
 is data, never code.
+
+Resolving (which file, or why none) is torch-free, so the web process can check before a
+start whether a run could get its weights (:func:`training.services.check_start_weights`);
+torch is imported only to read or load a checkpoint, in the worker.
 """
 
 from __future__ import annotations
@@ -21,19 +25,51 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 import tempfile
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from django.conf import settings
 
+from .constants import INITS
 from .errors import TrainingError
-from .networks import ConceptNet, get_spec
+from .network_specs import get_spec
 
-INITS = ("pretrained", "random")
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    import torch
+
+    from .networks import ConceptNet
+
+__all__ = [
+    "INITS",
+    "RELEASE_URLS",
+    "ResolvedWeights",
+    "WeightsUnavailable",
+    "download_allowed",
+    "hub_checkpoint_dir",
+    "load_pretrained",
+    "read_state_dict",
+    "release_urls",
+    "resolve_weights",
+]
+
 DOWNLOAD_TIMEOUT = 60
+_RELEASE = "https://github.com/lukemelas/EfficientNet-PyTorch/releases/download/1.0"
+# efficientnet-pytorch's ``utils.url_map`` (that module imports torch, so it is copied;
+# tests/test_training_weights.py checks the copy against the installed package).
+RELEASE_URLS = {
+    "efficientnet-b0": f"{_RELEASE}/efficientnet-b0-355c32eb.pth",
+    "efficientnet-b1": f"{_RELEASE}/efficientnet-b1-f1951068.pth",
+    "efficientnet-b2": f"{_RELEASE}/efficientnet-b2-8bb594d6.pth",
+    "efficientnet-b3": f"{_RELEASE}/efficientnet-b3-5fb5a3c3.pth",
+    "efficientnet-b4": f"{_RELEASE}/efficientnet-b4-6ed6700e.pth",
+    "efficientnet-b5": f"{_RELEASE}/efficientnet-b5-b6417697.pth",
+    "efficientnet-b6": f"{_RELEASE}/efficientnet-b6-c76e70fd.pth",
+    "efficientnet-b7": f"{_RELEASE}/efficientnet-b7-dcc49843.pth",
+}
 
 
 class WeightsUnavailable(TrainingError):
@@ -62,21 +98,31 @@ class ResolvedWeights:
 
 
 def release_urls() -> dict[str, str]:
-    from efficientnet_pytorch.utils import url_map
-
-    return dict(url_map)
+    return dict(RELEASE_URLS)
 
 
 def hub_checkpoint_dir() -> Path:
-    return Path(torch.hub.get_dir()) / "checkpoints"
+    """torch hub's ``<hub dir>/checkpoints``, without importing torch in the web process:
+    ``torch.hub.get_dir()`` when torch is loaded already (it honours ``set_dir``), else
+    the same rule from the environment (``$TORCH_HOME/hub``, ``$TORCH_HOME`` defaulting to
+    ``$XDG_CACHE_HOME/torch``, that to ``~/.cache``)."""
+    if "torch" in sys.modules:
+        import torch
+
+        return Path(torch.hub.get_dir()) / "checkpoints"
+    cache = os.getenv("XDG_CACHE_HOME", os.path.join("~", ".cache"))
+    home = os.path.expanduser(os.getenv("TORCH_HOME", os.path.join(cache, "torch")))
+    return Path(home) / "hub" / "checkpoints"
 
 
 def _weights_dir() -> Path:
     return Path(getattr(settings, "VIVA_WEIGHTS_DIR", Path(settings.VAR_DIR) / "weights"))
 
 
-def _allow_download() -> bool:
+def download_allowed() -> bool:
+    """``VIVA_ALLOW_WEIGHT_DOWNLOAD`` (default: true)."""
     return bool(getattr(settings, "VIVA_ALLOW_WEIGHT_DOWNLOAD", True))
+
 
 
 def _local_candidates(name: str, folder: Path, url: str) -> list[Path]:
@@ -126,7 +172,7 @@ def resolve_weights(
         return ResolvedWeights("file", name, str(path))
     for path in _cache_candidates(name, cache, url):
         return ResolvedWeights("cache", name, str(path))
-    allowed = _allow_download() if allow_download is None else allow_download
+    allowed = download_allowed() if allow_download is None else allow_download
     advice = (
         f"Put the file {url.rsplit('/', 1)[-1] if url else name + '.pth'} "
         f"(from {url or 'the efficientnet-pytorch releases'}) into {folder} "
@@ -171,6 +217,8 @@ def _download(url: str, dest: Path, timeout: float = DOWNLOAD_TIMEOUT) -> None:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """A checkpoint as a plain state dict (safe loader only)."""
+    import torch
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, truncated, pickled code …

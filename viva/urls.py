@@ -81,6 +81,7 @@ urlpatterns = [
     path("jobs/", include(job_patterns)),
     path("annotate/", include("annotation.urls")),
     path("train/", include("training.urls")),
+    path("retrieve/", include("retrieval.urls")),
     path("users/", include(user_patterns)),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

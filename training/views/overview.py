@@ -6,16 +6,17 @@ from django.views.generic import TemplateView
 
 from viva.roles import Role, RoleRequiredMixin
 
-from ..dataset import dataset_overview
+from ..label_matrix import dataset_overview
 
 
 class DatasetOverviewView(RoleRequiredMixin, TemplateView):
     """Bar chart and table of what a run started now would train on.
 
-    The counts and the split come from :func:`training.dataset.dataset_overview`, the
-    same code the trainer uses, so "training" and "validation" here are the numbers the
-    next run will really have (30 positives and 20 % of the negatives per concept go to
-    validation, seeded)."""
+    The counts come from :func:`training.label_matrix.dataset_overview`: label counts
+    from one grouped query, and "training"/"validation" from the trainer's split rule
+    applied per concept (30 positives and 20 % of the negatives go to validation) rather
+    than from a drawn split, so the page stays cheap; its docstring says how close that
+    is to the split a run draws."""
 
     min_role = Role.ANNOTATOR
     template_name = "training/overview.html"

@@ -13,10 +13,11 @@ from viva.roles import Role, RoleRequiredMixin
 
 from .. import queries
 from ..config import TrainConfig
+from ..constants import PRESETS
 from ..errors import TrainingRefused
-from ..losses import PRESETS
+from ..network_specs import get_spec
 from ..registry import active_version
-from ..services import list_devices, start_training
+from ..services import check_start_weights, list_devices, start_training
 from .common import gib, pct
 
 DEFAULTS = TrainConfig()
@@ -111,16 +112,15 @@ class TrainForm(forms.Form):
         network = data.get("network")
         if not network:
             return data
-        status = queries.weights_status(network)
-        if not status["pretrained"]:
+        if get_spec(network).pretrained is None:
             # Test/demo networks have no ImageNet weights: random init is the only choice.
             data["init"] = "random"
-        elif (
-            data.get("init") == "pretrained"
-            and not status["available"]
-            and not queries.download_allowed()
-        ):
-            self.add_error("init", status["text"])
+        else:
+            # The service refuses such a start too; here the message marks the field.
+            try:
+                check_start_weights(network, data.get("init") or "")
+            except TrainingRefused as exc:
+                self.add_error("init", str(exc))
         return data
 
     def options(self) -> dict:

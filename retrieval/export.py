@@ -1,0 +1,295 @@
+"""Export of retrieval results as video segments, and of the labelled dataset.
+
+**Segments** (as in the original VIVA's export, which merged consecutive keyframes):
+a keyframe stands for the part of its shot around it — from the midpoint to the
+previous keyframe of the shot (or the shot's start) to the midpoint to the next one (or
+the shot's end). Consecutive keyframes of one shot that all score at or above the
+threshold become one segment from the first one's start to the last one's end; a
+keyframe below the threshold (or without a stored prediction, i.e. below the run's score
+floor) splits it. The segment's score is the maximum of its keyframes. With
+``merge_shots`` (default on) segments of adjacent shots are merged too when the gap
+between them is at most one frame (``ceil(1000 / fps)`` ms): the importer's shots touch
+(``end_ms`` is the start of the next shot's first frame), and data where ``end_ms`` is the
+time of the shot's last frame leaves exactly one frame between shots. Keyframes without a shot are
+zero-length segments at their time and merge under the same gap rule.
+
+Output: a zip with ``segments.csv`` (all videos), ``segments.json`` (grouped by video)
+and ``videos/<video id>.csv`` (one CSV per video, like the original). Columns:
+category, video id, video title, start ms, duration ms, max score, keyframes.
+
+**Dataset**: ``annotations.csv`` (one row per label), ``dataset.json`` (categories and
+images with their labels) and, optionally, the image files under ``images/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import zipfile
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "KeyframeRow",
+    "Segment",
+    "export_dir",
+    "segments_of_video",
+    "write_segments_zip",
+]
+
+# Default thresholds of the original VIVA: 70 % for concepts, 80 % for persons.
+DEFAULT_THRESHOLDS = {"concept": 0.7, "person": 0.8}
+SEGMENT_COLUMNS = [
+    "category",
+    "video_id",
+    "video_title",
+    "start_ms",
+    "duration_ms",
+    "max_score",
+    "keyframes",
+]
+
+
+def export_dir(job_id: int) -> Path:
+    """Where a job's export files live (outside MEDIA_ROOT: downloads are checked)."""
+    path = Path(settings.VAR_DIR) / "exports" / f"job-{job_id}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class KeyframeRow:
+    image_id: int
+    shot_id: int | None
+    time_ms: int
+
+
+@dataclass
+class Segment:
+    start_ms: int
+    end_ms: int
+    max_score: float
+    keyframes: int = 1
+    shot_ids: list[int] = field(default_factory=list)
+
+    @property
+    def duration_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+
+def frame_gap_ms(fps: float | None) -> int:
+    return math.ceil(1000 / fps) if fps and fps > 0 else 40
+
+
+def segments_of_video(
+    shots: dict[int, tuple[int, int]],
+    keyframes: Iterable[KeyframeRow],
+    scores: dict[int, float],
+    *,
+    merge_shots: bool = True,
+    gap_ms: int = 40,
+) -> list[Segment]:
+    """Segments of one video (see the module docstring).
+
+    ``shots`` maps shot id → (start_ms, end_ms) for the shots that have hits;
+    ``keyframes`` are all keyframes of those shots plus the shotless hits;
+    ``scores`` maps the hit image ids (score ≥ threshold) to their scores.
+    """
+    by_shot: dict[int | None, list[KeyframeRow]] = defaultdict(list)
+    for kf in keyframes:
+        by_shot[kf.shot_id].append(kf)
+    segments: list[Segment] = []
+    for shot_id, (start, end) in shots.items():
+        frames = sorted(by_shot.get(shot_id, []), key=lambda k: (k.time_ms, k.image_id))
+        if not frames:
+            continue
+        bounds = [start]
+        bounds += [(a.time_ms + b.time_ms) // 2 for a, b in zip(frames, frames[1:], strict=False)]
+        bounds.append(end)
+        current: Segment | None = None
+        for i, kf in enumerate(frames):
+            score = scores.get(kf.image_id)
+            if score is None:
+                current = None
+                continue
+            lo, hi = max(start, bounds[i]), min(end, bounds[i + 1])
+            if current is None:
+                current = Segment(lo, hi, score, 1, [shot_id])
+                segments.append(current)
+            else:
+                current.end_ms = hi
+                current.max_score = max(current.max_score, score)
+                current.keyframes += 1
+    for kf in by_shot.get(None, []):
+        if kf.image_id in scores:
+            segments.append(Segment(kf.time_ms, kf.time_ms, scores[kf.image_id], 1, []))
+    segments.sort(key=lambda s: (s.start_ms, s.end_ms))
+    if not merge_shots:
+        return segments
+    merged: list[Segment] = []
+    for seg in segments:
+        last = merged[-1] if merged else None
+        if last is not None and seg.start_ms - last.end_ms <= gap_ms:
+            last.end_ms = max(last.end_ms, seg.end_ms)
+            last.max_score = max(last.max_score, seg.max_score)
+            last.keyframes += seg.keyframes
+            last.shot_ids += [s for s in seg.shot_ids if s not in last.shot_ids]
+        else:
+            merged.append(seg)
+    return merged
+
+
+@dataclass
+class VideoSegments:
+    video_id: int
+    title: str
+    segments: list[Segment]
+
+
+def _segment_row(label: str, video: VideoSegments, seg: Segment) -> list:
+    return [
+        label,
+        video.video_id,
+        video.title,
+        seg.start_ms,
+        seg.duration_ms,
+        round(seg.max_score, 4),
+        seg.keyframes,
+    ]
+
+
+def write_segments_zip(
+    path: Path,
+    label: str,
+    videos: Iterable[VideoSegments],
+    *,
+    meta: dict,
+) -> int:
+    """Write the segments zip atomically (temporary file, then rename); return the count."""
+    tmp = path.with_suffix(".part")
+    count = 0
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        all_csv = io.StringIO()
+        writer = csv.writer(all_csv)
+        writer.writerow(SEGMENT_COLUMNS)
+        json_videos = []
+        for video in videos:
+            one = io.StringIO()
+            one_writer = csv.writer(one)
+            one_writer.writerow(SEGMENT_COLUMNS)
+            for seg in video.segments:
+                row = _segment_row(label, video, seg)
+                writer.writerow(row)
+                one_writer.writerow(row)
+                count += 1
+            zf.writestr(f"videos/{video.video_id}.csv", one.getvalue())
+            json_videos.append(
+                {
+                    "video_id": video.video_id,
+                    "title": video.title,
+                    "segments": [
+                        {
+                            "start_ms": s.start_ms,
+                            "duration_ms": s.duration_ms,
+                            "max_score": round(s.max_score, 4),
+                            "keyframes": s.keyframes,
+                        }
+                        for s in video.segments
+                    ],
+                }
+            )
+        zf.writestr("segments.csv", all_csv.getvalue())
+        zf.writestr(
+            "segments.json",
+            json.dumps({**meta, "category": label, "videos": json_videos}, indent=1),
+        )
+    os.replace(tmp, path)
+    return count
+
+
+def write_dataset_zip(
+    path: Path,
+    categories: list[dict],
+    rows: Iterable[dict],
+    *,
+    include_images: bool,
+    media_root: Path,
+    on_row: Callable[[int], None] | None = None,
+    on_missing: Callable[[str], None] | None = None,
+) -> dict:
+    """Write the dataset zip; ``rows`` are annotation dicts ordered by image id."""
+    tmp = path.with_suffix(".part")
+    n_rows = n_images = n_files = 0
+    columns = [
+        "image_id",
+        "face_id",
+        "category_id",
+        "category",
+        "kind",
+        "value",
+        "label",
+        "source",
+        "user",
+        "updated_at",
+        "file",
+        "sha256",
+        "video_id",
+        "video_title",
+        "time_ms",
+    ]
+    names = {1: "positive", -1: "negative", 0: "neutral"}
+    media_root = media_root.resolve()
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
+        table = io.StringIO()
+        writer = csv.writer(table)
+        writer.writerow(columns)
+        images_json: list[dict] = []
+        current: dict | None = None
+        for row in rows:
+            n_rows += 1
+            row = {**row, "label": names.get(row["value"], "")}
+            writer.writerow([row.get(c, "") if row.get(c) is not None else "" for c in columns])
+            if current is None or current["id"] != row["image_id"]:
+                current = {
+                    "id": row["image_id"],
+                    "file": row["file"],
+                    "sha256": row["sha256"],
+                    "video_id": row["video_id"],
+                    "time_ms": row["time_ms"],
+                    "labels": [],
+                }
+                images_json.append(current)
+                n_images += 1
+                if include_images and row["file"]:
+                    source = (media_root / row["file"]).resolve()
+                    if source.is_relative_to(media_root) and source.is_file():
+                        zf.write(source, f"images/{row['file']}")
+                        n_files += 1
+                    elif on_missing:
+                        on_missing(row["file"])
+            current["labels"].append(
+                {
+                    "category_id": row["category_id"],
+                    "face_id": row["face_id"],
+                    "value": row["value"],
+                    "label": row["label"],
+                    "source": row["source"],
+                }
+            )
+            if on_row:
+                on_row(n_rows)
+        zf.writestr("annotations.csv", table.getvalue())
+        zf.writestr(
+            "dataset.json",
+            json.dumps({"categories": categories, "images": images_json}, indent=1, default=str),
+        )
+    os.replace(tmp, path)
+    return {"annotations": n_rows, "images": n_images, "files": n_files}

@@ -1,0 +1,281 @@
+"""Retrieval pages: ranked results with feedback, combined search, export and download.
+
+Roles (DESIGN.md section 8): researchers search, browse and export; labelling in the
+grid needs the annotator role, so for researchers the grid is read-only (the save
+endpoint checks the role again). Labels given here are saved through
+``annotation:save_labels`` with source "feedback": they are ordinary annotations and
+count in the next training run (negative feedback = hard negatives).
+All page state lives in GET parameters (:mod:`retrieval.query`), so a URL is shareable.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from django.contrib import messages
+from django.http import FileResponse, Http404, HttpResponseRedirect, QueryDict
+from django.shortcuts import get_object_or_404
+from django.urls import NoReverseMatch, reverse
+from django.views import View
+from django.views.generic import TemplateView
+
+from annotation.grid import grid_size, parse_page_args
+from annotation.models import Category, Source
+from annotation.selection import CategoryRequiredMixin, get_selected
+from annotation.views.grid import build_grid
+from viva.jobs import start_job
+from viva.models import Collection, Job
+from viva.roles import Role, RoleRequiredMixin
+from viva.views.jobs import may_control
+
+from .export import DEFAULT_THRESHOLDS, export_dir
+from .query import DEFAULT_MIN_SCORE, OPERATORS, parse_filters, parse_query
+from .ranking import QueryError, combined_page, published_run, published_runs, ranked_page
+
+EXPORT_KINDS = ("export_segments", "export_dataset")
+EMPTY_ROWS = 2
+
+
+def inference_url() -> str | None:
+    try:
+        return reverse("training:inference")
+    except NoReverseMatch:
+        return None
+
+
+def _collections() -> list[dict]:
+    return list(Collection.objects.order_by("name").values("id", "name"))
+
+
+class RankedView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
+    """``retrieval:ranked``: the selected category's keyframes ranked by score."""
+
+    min_role = Role.RESEARCHER
+    template_name = "retrieval/ranked.html"
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        request, category = self.request, self.category
+        filters = parse_filters(request.GET)
+        run = published_run(category.kind)
+        ctx.update(
+            filters=filters,
+            collections=_collections(),
+            run=run,
+            inference_url=inference_url(),
+            export_url=reverse("retrieval:export")
+            + "?"
+            + urlencode({"category": category.pk, **filters.as_params()}),
+        )
+        if run is None:
+            return ctx
+        rows, cols = grid_size(request.user)
+        number, after = parse_page_args(request)
+        grid_page = ranked_page(
+            run, category, filters, page=number, per_page=rows * cols, after=after
+        )
+        ctx["grid"] = build_grid(
+            request,
+            grid_page,
+            category,
+            source=Source.FEEDBACK,
+            rows=rows,
+            cols=cols,
+            empty_message="No keyframes match these filters.",
+        )
+        return ctx
+
+
+class SearchView(RoleRequiredMixin, TemplateView):
+    """``retrieval:search``: concepts combined with AND / OR / NOT plus metadata."""
+
+    min_role = Role.RESEARCHER
+    template_name = "retrieval/search.html"
+
+    def get(self, request, *args, **kwargs):
+        if "term_category" in request.GET:
+            # The form's rows → the compact, shareable ``t=`` form.
+            query = parse_query(request.GET)
+            params = query.as_params()
+            if request.GET.get("label"):
+                params.append(("label", request.GET["label"]))
+            return HttpResponseRedirect(request.path + "?" + urlencode(params))
+        return super().get(request, *args, **kwargs)
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        request = self.request
+        query = parse_query(request.GET)
+        categories = list(Category.objects.values("id", "name", "kind"))
+        known = {c["id"]: c for c in categories}
+        errors = list(query.errors)
+        missing = [t.category_id for t in query.terms if t.category_id not in known]
+        if missing:
+            errors.append("Some categories of this query no longer exist; they were dropped.")
+            from dataclasses import replace
+
+            query = replace(
+                query, terms=tuple(t for t in query.terms if t.category_id in known)
+            )
+        rows_ = [
+            {"category_id": t.category_id, "op": t.op, "min": t.min_score} for t in query.terms
+        ]
+        rows_ += [{"category_id": None, "op": "and", "min": DEFAULT_MIN_SCORE}] * (
+            EMPTY_ROWS if not rows_ else 1
+        )
+        positive = [t.category_id for t in query.positive_terms]
+        label_id = None
+        try:
+            label_id = int(request.GET.get("label", ""))
+        except ValueError:
+            pass
+        if label_id not in positive:
+            label_id = positive[0] if positive else None
+        label_category = Category.objects.filter(pk=label_id).first() if label_id else None
+        ctx.update(
+            query=query,
+            filters=query.filters,
+            term_rows=rows_,
+            operators=OPERATORS,
+            categories=categories,
+            collections=_collections(),
+            label_category=label_category,
+            label_choices=[known[c] for c in dict.fromkeys(positive)],
+            share_url=request.build_absolute_uri(request.path + "?" + query.urlencode())
+            if query.terms
+            else "",
+            inference_url=inference_url(),
+        )
+        if query.terms and not query.is_runnable:
+            errors.append("Add at least one concept with AND or OR; NOT alone ranks nothing.")
+        if query.is_runnable and not errors:
+            runs = published_runs()
+            rows, cols = grid_size(request.user)
+            number, _ = parse_page_args(request)
+            try:
+                grid_page = combined_page(
+                    query,
+                    runs,
+                    label_category_id=label_id,
+                    page=number,
+                    per_page=rows * cols,
+                )
+            except QueryError as exc:
+                errors.append(str(exc))
+            else:
+                ctx["grid"] = build_grid(
+                    request,
+                    grid_page,
+                    label_category,
+                    source=Source.FEEDBACK,
+                    rows=rows,
+                    cols=cols,
+                    empty_message="No keyframes match this query.",
+                )
+                ctx["export_url"] = reverse("retrieval:export") + "?" + urlencode(
+                    {"query": query.urlencode()}
+                )
+        ctx["errors"] = errors
+        return ctx
+
+
+def _threshold(raw: str | None, default: float) -> float:
+    try:
+        value = float((raw or "").replace(",", "."))
+    except ValueError:
+        return default
+    if value > 1:
+        value /= 100
+    return min(1.0, max(0.0, value))
+
+
+class ExportView(RoleRequiredMixin, TemplateView):
+    """``retrieval:export``: start a segment export (category or query) or a dataset export."""
+
+    min_role = Role.RESEARCHER
+    template_name = "retrieval/export.html"
+
+    def get_context_data(self, **kwargs):
+        ctx = super().get_context_data(**kwargs)
+        request = self.request
+        categories = list(Category.objects.values("id", "name", "kind"))
+        selected = None
+        try:
+            selected = int(request.GET.get("category", ""))
+        except ValueError:
+            current = get_selected(request)
+            selected = current.pk if current else None
+        query_text = request.GET.get("query", "")
+        query = parse_query(QueryDict(query_text)) if query_text else None
+        kinds = {c["id"]: c["kind"] for c in categories}
+        if query is not None and query.positive_terms:
+            kind = (
+                "person"
+                if all(kinds.get(t.category_id) == "person" for t in query.positive_terms)
+                else "concept"
+            )
+        else:
+            kind = kinds.get(selected, "concept")
+        ctx.update(
+            categories=categories,
+            selected=selected,
+            query_text=query_text if query is not None and query.terms else "",
+            threshold=int(DEFAULT_THRESHOLDS[kind] * 100),
+            thresholds={k: int(v * 100) for k, v in DEFAULT_THRESHOLDS.items()},
+            recent=Job.objects.filter(kind__in=EXPORT_KINDS, created_by=request.user)[:10],
+        )
+        return ctx
+
+    def post(self, request, *args, **kwargs):
+        data = request.POST
+        what = data.get("what", "segments")
+        if what == "dataset":
+            ids = [int(c) for c in data.getlist("categories") if c.isdigit()]
+            job = start_job(
+                "export_dataset",
+                {"category_ids": ids, "include_images": data.get("include_images") == "1"},
+                user=request.user,
+                title="Export of the labelled dataset",
+            )
+            return HttpResponseRedirect(reverse("jobs:detail", args=[job.pk]))
+        query_text = data.get("query", "")
+        params: dict = {"merge_shots": data.get("merge_shots", "1") == "1"}
+        if query_text:
+            query = parse_query(QueryDict(query_text))
+            if not query.is_runnable:
+                messages.error(request, "The query needs at least one AND or OR term.")
+                return HttpResponseRedirect(request.path)
+            params["query"] = query.urlencode()
+            title = "Export of a combined query"
+            kind = "concept"
+        else:
+            category = Category.objects.filter(pk=data.get("category") or 0).first()
+            if category is None:
+                messages.error(request, "Choose a category or a query to export.")
+                return HttpResponseRedirect(request.path)
+            params["category_id"] = category.pk
+            title = f"Export of “{category.name}”"
+            kind = category.kind
+        params["threshold"] = _threshold(data.get("threshold"), DEFAULT_THRESHOLDS[kind])
+        job = start_job("export_segments", params, user=request.user, title=title)
+        return HttpResponseRedirect(reverse("jobs:detail", args=[job.pk]))
+
+
+class DownloadView(RoleRequiredMixin, View):
+    """``retrieval:download``: the zip of a finished export job — for its creator and trainers."""
+
+    min_role = Role.RESEARCHER
+
+    def get(self, request, pk: int):
+        job = get_object_or_404(Job, pk=pk, kind__in=EXPORT_KINDS)
+        if not may_control(request.user, job):
+            from django.core.exceptions import PermissionDenied
+
+            raise PermissionDenied("Only the user who started this export can download it.")
+        name = (job.result or {}).get("file", "")
+        if job.status != Job.Status.SUCCEEDED or not name or "/" in name or "\\" in name:
+            raise Http404("This export has no file (yet).")
+        path = export_dir(job.pk) / name
+        if not path.is_file():
+            raise Http404("The export file is gone; run the export again.")
+        return FileResponse(path.open("rb"), as_attachment=True, filename=name)

@@ -1,0 +1,126 @@
+/* The inference page: the live view of a run (progress, ETA from the measured
+   throughput, keyframes/s, CPU/GPU use, log, cancel). Polls jobs:status once a second
+   while the job is active; progress painting, ETA text, colours, confirmations and the
+   empty-chart text come from viva/js/jobs.js and training/training.js. */
+(function () {
+  'use strict';
+  const T = window.VIVA.training;
+  const { COLORS } = T;
+  const USAGE = [
+    ['cpu %', 'CPU', COLORS.blue],
+    ['ram %', 'RAM', COLORS.grey],
+    ['gpu %', 'GPU', COLORS.green],
+    ['gpu memory %', 'GPU memory', COLORS.purple],
+  ];
+
+  function chart(canvas, yOpts, empty) {
+    return new Chart(canvas, {
+      type: 'line',
+      data: { datasets: [] },
+      options: {
+        animation: false, maintainAspectRatio: false, parsing: false, normalized: true,
+        scales: {
+          x: { type: 'linear', min: 0, title: { display: true, text: 'seconds since start' } },
+          y: Object.assign({ beginAtZero: true }, yOpts || {}),
+        },
+        plugins: {
+          legend: { display: false, position: 'bottom', labels: { boxWidth: 12, boxHeight: 2 } },
+          emptyText: { text: empty },
+        },
+      },
+    });
+  }
+
+  function setSeries(c, key, label, color, series) {
+    if (!series) return;
+    let ds = c.data.datasets.find((d) => d.key === key);
+    if (!ds) {
+      ds = { key, label, data: [], borderColor: color, backgroundColor: color, borderWidth: 2, pointRadius: 2, tension: 0.2 };
+      c.data.datasets.push(ds);
+    }
+    ds.data = series.map((p) => ({ x: p[0], y: p[1] }));
+  }
+
+  function last(series) { return series && series.length ? series[series.length - 1][1] : null; }
+
+  /** Remaining keyframes over the recent throughput (mean of the last 5 chunks): better
+      than the job's linear ETA when the run continues chunks another job already did. */
+  function eta(s) {
+    const ips = (s.metrics || {})['images/s'] || [];
+    if (!s.active || !s.total || !ips.length) return window.VIVA.fmtEta(s.active ? s.eta_seconds : null);
+    const recent = ips.slice(-5).map((p) => p[1]);
+    const rate = recent.reduce((a, b) => a + b, 0) / recent.length;
+    return rate > 0 ? window.VIVA.fmtEta((s.total - s.progress) / rate) : '';
+  }
+
+  function initRun() {
+    const root = document.getElementById('run');
+    if (!root || typeof Chart === 'undefined') return;
+    const q = (name) => root.querySelector('[data-field="' + name + '"]');
+    const progress = root.querySelector('.run-progress [data-field=progress]');
+    const ipsChart = chart(document.getElementById('chart-ips'), {}, 'one point per finished chunk');
+    const usage = chart(document.getElementById('chart-usage'), { min: 0, max: 100, ticks: { callback: (v) => v + ' %' } },
+      'sampled every 2 s while the run scores');
+    let timer = null;
+
+    function render(s) {
+      const m = s.metrics || {};
+      q('status').className = 'status ' + s.status;
+      q('status').textContent = s.status_label;
+      window.VIVA.paintProgress(progress, s);
+      q('eta').textContent = eta(s);
+      q('note').textContent = s.note || '';
+      q('note').hidden = !s.active;
+      q('failed').hidden = s.status !== 'failed';
+      q('error').textContent = s.error || '';
+      q('done').hidden = s.status !== 'succeeded';
+      if (s.result && s.result.summary) q('summary').textContent = s.result.summary;
+      const parts = [];
+      if (s.total) parts.push(s.progress + ' of ' + s.total + ' keyframes');
+      const ips = last(m['images/s']);
+      if (ips != null) parts.push(ips.toFixed(1) + ' keyframes/s');
+      q('stats').textContent = parts.join(' · ');
+      const cancel = root.querySelector('[data-action=cancel]');
+      if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
+      const log = q('log');
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      if (log.textContent !== (s.log || '')) {
+        log.textContent = s.log || '';
+        if (atBottom) log.scrollTop = log.scrollHeight;
+      }
+      setSeries(ipsChart, 'images/s', 'keyframes/s', COLORS.blue, m['images/s']);
+      USAGE.forEach(([key, label, color]) => setSeries(usage, key, label, color, m[key]));
+      usage.options.plugins.legend.display = usage.data.datasets.length > 1;
+      ipsChart.update('none');
+      usage.update('none');
+    }
+
+    function tick() {
+      timer = null;
+      fetch(root.dataset.statusUrl, { headers: { Accept: 'application/json' } })
+        .then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); return r.json(); })
+        .then((s) => {
+          render(s);
+          root.dataset.status = s.status;
+          if (s.active) timer = setTimeout(tick, 1000);
+        })
+        .catch(() => { timer = setTimeout(tick, 3000); });
+    }
+
+    const cancel = root.querySelector('[data-action=cancel]');
+    if (cancel) {
+      cancel.addEventListener('submit', (event) => {
+        if (event.defaultPrevented) return;
+        event.preventDefault();
+        fetch(cancel.action, {
+          method: 'POST', headers: { Accept: 'application/json', 'X-CSRFToken': T.csrfToken() },
+          body: new FormData(cancel),
+        }).then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); if (!timer) tick(); })
+          .catch(() => cancel.submit());
+      });
+    }
+    tick();
+  }
+
+  document.addEventListener('DOMContentLoaded', initRun);
+})();
