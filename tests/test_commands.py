@@ -33,9 +33,11 @@ def run(*args) -> str:
 def small_demo(monkeypatch, settings, tmp_path):
     """One short video and two stills, so the demo test takes seconds."""
     settings.VAR_DIR = tmp_path
-    monkeypatch.setattr(demo, "DEMO_VIDEOS", (
-        demo.DemoVideo("tiny_1975", "Tiny Film", 1975, "1975-01-02", 3, 0, 5, 0.0, 0, "test"),
-    ))
+    monkeypatch.setattr(
+        demo,
+        "DEMO_VIDEOS",
+        (demo.DemoVideo("tiny_1975", "Tiny Film", 1975, "1975-01-02", 3, 0, 5, 0.0, 0, "test"),),
+    )
     monkeypatch.setattr(demo, "DEMO_STILL_NAMES", ("camera", "coffee"))
 
 
@@ -105,8 +107,9 @@ def _free_port() -> int:
 @pytest.mark.worker
 def test_runall_serves_and_stops_both_on_ctrl_c(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env.update(DJANGO_SETTINGS_MODULE="viva.settings", VIVA_VAR_DIR=str(tmp_path),
-               PYTHONUNBUFFERED="1")
+    env.update(
+        DJANGO_SETTINGS_MODULE="viva.settings", VIVA_VAR_DIR=str(tmp_path), PYTHONUNBUFFERED="1"
+    )
     manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
     subprocess.run([*manage, "migrate", "-v0"], env=env, check=True, timeout=120)
     port = _free_port()
@@ -114,7 +117,9 @@ def test_runall_serves_and_stops_both_on_ctrl_c(tmp_path):
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [*manage, "runall", "--addr", f"127.0.0.1:{port}", "--concurrency", "1"],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 90
@@ -129,6 +134,7 @@ def test_runall_serves_and_stops_both_on_ctrl_c(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    left = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}|viva-{proc.pid}@"],
-                          capture_output=True, text=True).stdout
+    left = subprocess.run(
+        ["pgrep", "-f", f"127.0.0.1:{port}|viva-{proc.pid}@"], capture_output=True, text=True
+    ).stdout
     assert not left.strip(), f"processes left behind: {left}"

@@ -194,7 +194,7 @@ def import_video(
 def _without_name(message: str, path: Path) -> str:
     """Shot-detection messages start with the file name; reports add their own."""
     prefix = f"{path.name}: "
-    return message[len(prefix):] if message.startswith(prefix) else message
+    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def open_image_checked(path: Path) -> PILImage.Image:
