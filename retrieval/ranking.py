@@ -182,7 +182,9 @@ def ranked_page(
     }
     rows = [by_pk[pk] for pk in wanted if pk in by_pk]
     links = _Links()
-    items = [_item(row, "image__", row["current"], _score_text(row["score"]), links) for row in rows]
+    items = [
+        _item(row, "image__", row["current"], _score_text(row["score"]), links) for row in rows
+    ]
     next_cursor = None
     if len(pks) > per_page and rows:
         next_cursor = f"{rows[-1]['score']!r}_{rows[-1]['id']}"
@@ -263,7 +265,8 @@ def combined_sql(
 
     conditions = [f"{c} IS NOT NULL" for c in and_cols]
     if or_cols:
-        conditions.append(f"({' OR '.join(f'g.s{n_and + j} IS NOT NULL' for j in range(len(ors)))})")
+        any_or = " OR ".join(f"g.s{n_and + j} IS NOT NULL" for j in range(len(ors)))
+        conditions.append(f"({any_or})")
     cond_params: list[Any] = []
     for term in nots:
         run = _run_for(term, runs)
@@ -390,9 +393,7 @@ def category_hits(
         yield Hit(*row)
 
 
-def combined_hits(
-    query: Query, runs: dict[str, InferenceRun], threshold: float
-) -> Iterator[Hit]:
+def combined_hits(query: Query, runs: dict[str, InferenceRun], threshold: float) -> Iterator[Hit]:
     """Every image of a combined query whose combined score is at or above ``threshold``."""
     query = query.with_filters(min_score=max(threshold, query.filters.min_score or 0.0))
     sql = combined_sql(query, runs, with_metadata=True, order=False)

@@ -10,9 +10,11 @@ All page state lives in GET parameters (:mod:`retrieval.query`), so a URL is sha
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import FileResponse, Http404, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404
 from django.urls import NoReverseMatch, reverse
@@ -112,11 +114,7 @@ class SearchView(RoleRequiredMixin, TemplateView):
         missing = [t.category_id for t in query.terms if t.category_id not in known]
         if missing:
             errors.append("Some categories of this query no longer exist; they were dropped.")
-            from dataclasses import replace
-
-            query = replace(
-                query, terms=tuple(t for t in query.terms if t.category_id in known)
-            )
+            query = replace(query, terms=tuple(t for t in query.terms if t.category_id in known))
         rows_ = [
             {"category_id": t.category_id, "op": t.op, "min": t.min_score} for t in query.terms
         ]
@@ -172,8 +170,8 @@ class SearchView(RoleRequiredMixin, TemplateView):
                     cols=cols,
                     empty_message="No keyframes match this query.",
                 )
-                ctx["export_url"] = reverse("retrieval:export") + "?" + urlencode(
-                    {"query": query.urlencode()}
+                ctx["export_url"] = (
+                    reverse("retrieval:export") + "?" + urlencode({"query": query.urlencode()})
                 )
         ctx["errors"] = errors
         return ctx
@@ -269,8 +267,6 @@ class DownloadView(RoleRequiredMixin, View):
     def get(self, request, pk: int):
         job = get_object_or_404(Job, pk=pk, kind__in=EXPORT_KINDS)
         if not may_control(request.user, job):
-            from django.core.exceptions import PermissionDenied
-
             raise PermissionDenied("Only the user who started this export can download it.")
         name = (job.result or {}).get("file", "")
         if job.status != Job.Status.SUCCEEDED or not name or "/" in name or "\\" in name:

@@ -47,8 +47,9 @@ def make_keyframes(
     media = Path(django_settings.MEDIA_ROOT)
     folder = media / "kf" / f"{name}-{seed}"
     files = write_shape_files(folder, -(-n // 3), seed=seed)[:n]
-    images = []
-    for i, (path, _shown) in enumerate(files):
+    images, shown = [], []
+    for i, (path, names) in enumerate(files):
+        shown.append(names)
         if i >= n - broken:
             path.write_bytes(b"\xff\xd8\xff\xe0 truncated")
         images.append(
@@ -63,7 +64,10 @@ def make_keyframes(
                 height=72,
             )
         )
-    return Image.objects.bulk_create(images)
+    images = Image.objects.bulk_create(images)
+    for image, names in zip(images, shown, strict=True):
+        image.shown = names  # the shapes it shows (the truth for AP checks)
+    return images
 
 
 def make_version(categories: list[Category] | None = None, seed: int = 0) -> ModelVersion:

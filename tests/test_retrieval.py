@@ -60,8 +60,13 @@ def make_archive(write_files: bool = False) -> dict:
     c2 = Collection.objects.create(name="Archive two")
     o: dict = {"c1": c1, "c2": c2, "i": {}}
     layout = [
-        ("v1", c1, "Evening News", 1975, [(0, 2000, [(1, 400), (2, 1200)]),
-                                           (2000, 4000, [(3, 2400), (4, 3200)])]),
+        (
+            "v1",
+            c1,
+            "Evening News",
+            1975,
+            [(0, 2000, [(1, 400), (2, 1200)]), (2000, 4000, [(3, 2400), (4, 3200)])],
+        ),
         ("v2", c2, "Sports Report", 1985, [(0, 2000, [(5, 500), (6, 1500)])]),
     ]
     for key, coll, title, year, shots in layout:
@@ -99,6 +104,8 @@ def make_archive(write_files: bool = False) -> dict:
                     frame=time_ms // 40,
                     time_ms=time_ms,
                     file=rel,
+                    # home.html shows ``thumbnail`` without falling back to ``file``.
+                    thumbnail=rel,
                     sha256=f"{n:064x}",
                     width=64,
                     height=48,
@@ -193,9 +200,7 @@ def test_only_the_published_run_is_read(arch):
 
 
 def combined(arch, *terms, **filters):
-    query = Query(
-        tuple(Term(arch[name].pk, op, m) for name, op, m in terms), Filters(**filters)
-    )
+    query = Query(tuple(Term(arch[name].pk, op, m) for name, op, m in terms), Filters(**filters))
     return combined_page(query, published_runs(), label_category_id=arch["A"].pk, per_page=20)
 
 

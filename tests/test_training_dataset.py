@@ -22,6 +22,7 @@ from training.dataset import (
     make_loader,
     make_split,
 )
+from training.label_matrix import _concept_rows, concept_label_counts
 from training.losses import IGNORE, NEG, POS, WEAK
 from training.preprocessing import Preprocessing
 from viva.models import Collection, Image
@@ -167,6 +168,54 @@ def test_dataset_overview(small_labels):
     assert data["min_positives"] == 2
     assert [c["positives"] for c in data["concepts"]] == sorted(
         (c["positives"] for c in data["concepts"]), reverse=True
+    )
+
+
+def test_overview_queries_agree_with_the_label_matrix(small_labels, django_assert_max_num_queries):
+    """Counted in the database, not from the label matrix and a drawn split; images
+    carrying labels of several concepts make the real split validate more than the quota
+    rule says, never less."""
+    assert concept_label_counts() == concept_label_counts(_concept_rows())
+    with django_assert_max_num_queries(3):
+        data = dataset_overview(min_positives=2)
+    m = build_label_matrix(min_positives=2)
+    split = make_split(m, seed=data["seed"])
+    real = {c["id"]: c for c in split.per_concept(m)}
+    eligible = [c for c in data["concepts"] if c["eligible"]]
+    assert {c["id"] for c in eligible} == set(real)
+    for c in eligible:
+        r = real[c["id"]]
+        for kind in ("positives", "negatives"):
+            assert c[f"train_{kind}"] + c[f"val_{kind}"] == r[f"train_{kind}"] + r[f"val_{kind}"]
+            assert c[f"val_{kind}"] <= r[f"val_{kind}"]
+    assert data["totals"]["images"] == len(m)
+    assert data["totals"]["val_images"] >= int(split.val_mask.sum())
+
+
+def test_overview_is_the_split_when_images_have_one_concept_each(db):
+    """Without images shared between concepts the quota rule is exactly the split."""
+    sizes = {"P": (40, 10), "Q": (100, 25), "R": (3, 2), "S": (1, 4)}
+    images = iter(_images(sum(p + n for p, n in sizes.values()), prefix="one"))
+    for name, (pos, neg) in sizes.items():
+        labels = [(next(images).pk, 1) for _ in range(pos)]
+        labels += [(next(images).pk, -1) for _ in range(neg)]
+        save_labels(Category.objects.create(name=name), labels)
+    data = dataset_overview(min_positives=3)
+    m = build_label_matrix(min_positives=3)
+    split = make_split(m, seed=data["seed"])
+    real = {c["name"]: c for c in split.per_concept(m)}
+    keys = ("train_positives", "train_negatives", "val_positives", "val_negatives")
+    by_name = {c["name"]: c for c in data["concepts"]}
+    assert {name: tuple(by_name[name][k] for k in keys) for name in real} == {
+        name: tuple(real[name][k] for k in keys) for name in real
+    }
+    assert by_name["Q"]["val_positives"] == 30 and by_name["P"]["val_positives"] == 12
+    assert not by_name["S"]["eligible"] and by_name["S"]["val_negatives"] == 0
+    totals = data["totals"]
+    assert (totals["images"], totals["train_images"], totals["val_images"]) == (
+        len(m),
+        int((~split.val_mask).sum()),
+        int(split.val_mask.sum()),
     )
 
 

@@ -81,6 +81,39 @@ def test_refused_for_a_vanished_device_a_busy_device_and_bad_options(users):
     assert list(Job.objects.all()) == [holder]
 
 
+def test_refused_when_start_weights_cannot_be_had(users, settings, tmp_path, monkeypatch):
+    """Downloads off and no ImageNet file here: refused before a job exists (the worker
+    could only fail). A local file, random init, or downloads allowed: accepted."""
+    from training import weights
+
+    make_shapes_archive(8)
+    settings.VIVA_WEIGHTS_DIR = tmp_path / "weights"
+    settings.VIVA_WEIGHTS_DIR.mkdir()
+    settings.VIVA_ALLOW_WEIGHT_DOWNLOAD = False
+    monkeypatch.setattr(weights, "hub_checkpoint_dir", lambda: tmp_path / "hub" / "checkpoints")
+    options = {"device": "cpu", "min_positives": 5, "network": "efficientnet-b0"}
+    with pytest.raises(TrainingRefused, match="downloading is switched off") as info:
+        start_training(users["trainer"], options)
+    assert str(settings.VIVA_WEIGHTS_DIR) in str(info.value)
+    assert "efficientnet-b0.pth" in str(info.value) and "random" in str(info.value)
+    # A test network has no ImageNet weights at all: starting it "pretrained" cannot work.
+    with pytest.raises(TrainingRefused, match="no pretrained weights"):
+        start_training(users["trainer"], {**options, "network": "tiny-cnn"})
+    assert not Job.objects.exists()
+
+    def accepted(**extra) -> None:
+        job = start_training(users["trainer"], {**options, **extra})
+        assert job.params["network"] == "efficientnet-b0"
+        job.delete()  # frees the device for the next start
+
+    accepted(init="random")
+    (settings.VIVA_WEIGHTS_DIR / "efficientnet-b0.pth").write_bytes(b"weights")
+    accepted()
+    (settings.VIVA_WEIGHTS_DIR / "efficientnet-b0.pth").unlink()
+    settings.VIVA_ALLOW_WEIGHT_DOWNLOAD = True
+    accepted()  # the worker downloads the file (and says where to put it when offline)
+
+
 def test_out_of_memory_says_use_a_smaller_batch(users, monkeypatch, settings, tmp_path):
     settings.VIVA_MODELS_DIR = tmp_path
     make_shapes_archive(8)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import urllib.error
 
 import pytest
@@ -39,6 +40,27 @@ def _b0_state() -> dict:
     from efficientnet_pytorch import EfficientNet
 
     return EfficientNet.from_name("efficientnet-b0").state_dict()
+
+
+def test_release_urls_are_the_packages():
+    """The copy that keeps ``training.weights`` torch-free matches efficientnet-pytorch."""
+    from efficientnet_pytorch.utils import url_map
+
+    assert weights.release_urls() == dict(url_map)
+
+
+def test_hub_dir_without_torch_follows_torch_rule(monkeypatch, tmp_path):
+    """The web process (no torch loaded) looks into the cache the worker uses."""
+    for env in ({"TORCH_HOME": str(tmp_path / "th")}, {"XDG_CACHE_HOME": str(tmp_path / "x")}):
+        monkeypatch.delenv("TORCH_HOME", raising=False)
+        monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        expected = weights.hub_checkpoint_dir()  # torch is loaded here: torch.hub.get_dir()
+        with monkeypatch.context() as m:
+            m.delitem(sys.modules, "torch")
+            assert weights.hub_checkpoint_dir() == expected
+        assert expected.parent.parent in (tmp_path / "th", tmp_path / "x" / "torch")
 
 
 def test_local_file_comes_first(dirs):

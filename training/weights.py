@@ -124,7 +124,6 @@ def download_allowed() -> bool:
     return bool(getattr(settings, "VIVA_ALLOW_WEIGHT_DOWNLOAD", True))
 
 
-
 def _local_candidates(name: str, folder: Path, url: str) -> list[Path]:
     names = [f"{name}.pth", f"{name}.pt"]
     if url:

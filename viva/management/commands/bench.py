@@ -16,6 +16,7 @@ BENCHMARKS = {
     "shots": "viva.benchmarks.shots",
     "grid": "annotation.benchmarks.grid",
     "training": "training.benchmarks.training",
+    "retrieval": "retrieval.benchmarks.retrieval",
 }
 
 
