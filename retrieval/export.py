@@ -58,10 +58,11 @@ SEGMENT_COLUMNS = [
 ]
 
 
-def export_dir(job_id: int) -> Path:
+def export_dir(job_id: int, *, create: bool = True) -> Path:
     """Where a job's export files live (outside MEDIA_ROOT: downloads are checked)."""
     path = Path(settings.VAR_DIR) / "exports" / f"job-{job_id}"
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -215,6 +216,26 @@ def write_segments_zip(
     return count
 
 
+DATASET_COLUMNS = [
+    "image_id",
+    "face_id",
+    "category_id",
+    "category",
+    "kind",
+    "value",
+    "label",
+    "source",
+    "user",
+    "updated_at",
+    "file",
+    "sha256",
+    "video_id",
+    "video_title",
+    "time_ms",
+]
+LABEL_NAMES = {1: "positive", -1: "negative", 0: "neutral"}
+
+
 def write_dataset_zip(
     path: Path,
     categories: list[dict],
@@ -225,71 +246,71 @@ def write_dataset_zip(
     on_row: Callable[[int], None] | None = None,
     on_missing: Callable[[str], None] | None = None,
 ) -> dict:
-    """Write the dataset zip; ``rows`` are annotation dicts ordered by image id."""
+    """Write the dataset zip; ``rows`` are annotation dicts ordered by image id.
+
+    Streams: the CSV and the JSON go to temporary files beside the zip (millions of
+    labels never sit in memory) and image files are added as their rows pass by.
+    """
     tmp = path.with_suffix(".part")
+    csv_tmp, json_tmp = path.with_suffix(".csv.part"), path.with_suffix(".json.part")
     n_rows = n_images = n_files = 0
-    columns = [
-        "image_id",
-        "face_id",
-        "category_id",
-        "category",
-        "kind",
-        "value",
-        "label",
-        "source",
-        "user",
-        "updated_at",
-        "file",
-        "sha256",
-        "video_id",
-        "video_title",
-        "time_ms",
-    ]
-    names = {1: "positive", -1: "negative", 0: "neutral"}
     media_root = media_root.resolve()
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:
-        table = io.StringIO()
-        writer = csv.writer(table)
-        writer.writerow(columns)
-        images_json: list[dict] = []
-        current: dict | None = None
-        for row in rows:
-            n_rows += 1
-            row = {**row, "label": names.get(row["value"], "")}
-            writer.writerow([row.get(c, "") if row.get(c) is not None else "" for c in columns])
-            if current is None or current["id"] != row["image_id"]:
-                current = {
-                    "id": row["image_id"],
-                    "file": row["file"],
-                    "sha256": row["sha256"],
-                    "video_id": row["video_id"],
-                    "time_ms": row["time_ms"],
-                    "labels": [],
-                }
-                images_json.append(current)
-                n_images += 1
-                if include_images and row["file"]:
-                    source = (media_root / row["file"]).resolve()
-                    if source.is_relative_to(media_root) and source.is_file():
-                        zf.write(source, f"images/{row['file']}")
-                        n_files += 1
-                    elif on_missing:
-                        on_missing(row["file"])
-            current["labels"].append(
-                {
-                    "category_id": row["category_id"],
-                    "face_id": row["face_id"],
-                    "value": row["value"],
-                    "label": row["label"],
-                    "source": row["source"],
-                }
-            )
-            if on_row:
-                on_row(n_rows)
-        zf.writestr("annotations.csv", table.getvalue())
-        zf.writestr(
-            "dataset.json",
-            json.dumps({"categories": categories, "images": images_json}, indent=1, default=str),
-        )
-    os.replace(tmp, path)
+    try:
+        with (
+            zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf,
+            open(csv_tmp, "w", newline="", encoding="utf-8") as table,
+            open(json_tmp, "w", encoding="utf-8") as js,
+        ):
+            writer = csv.writer(table)
+            writer.writerow(DATASET_COLUMNS)
+            js.write('{"categories": ' + json.dumps(categories, default=str) + ', "images": [\n')
+            current: dict | None = None
+
+            def flush(image: dict | None, first: bool) -> None:
+                if image is not None:
+                    js.write(("" if first else ",\n") + json.dumps(image, default=str))
+
+            for row in rows:
+                n_rows += 1
+                row = {**row, "label": LABEL_NAMES.get(row["value"], "")}
+                writer.writerow(["" if row.get(c) is None else row[c] for c in DATASET_COLUMNS])
+                if current is None or current["id"] != row["image_id"]:
+                    flush(current, n_images <= 1)
+                    current = {
+                        "id": row["image_id"],
+                        "file": row["file"],
+                        "sha256": row["sha256"],
+                        "video_id": row["video_id"],
+                        "time_ms": row["time_ms"],
+                        "labels": [],
+                    }
+                    n_images += 1
+                    if include_images and row["file"]:
+                        source = (media_root / row["file"]).resolve()
+                        if source.is_relative_to(media_root) and source.is_file():
+                            zf.write(source, f"images/{row['file']}")
+                            n_files += 1
+                        elif on_missing:
+                            on_missing(row["file"])
+                current["labels"].append(
+                    {
+                        "category_id": row["category_id"],
+                        "face_id": row["face_id"],
+                        "value": row["value"],
+                        "label": row["label"],
+                        "source": row["source"],
+                    }
+                )
+                if on_row:
+                    on_row(n_rows)
+            flush(current, n_images <= 1)
+            js.write("\n]}\n")
+            table.flush()
+            js.flush()
+            zf.write(csv_tmp, "annotations.csv")
+            zf.write(json_tmp, "dataset.json")
+        os.replace(tmp, path)
+    finally:
+        for leftover in (csv_tmp, json_tmp, tmp):
+            leftover.unlink(missing_ok=True)
     return {"annotations": n_rows, "images": n_images, "files": n_files}

@@ -27,7 +27,7 @@ from .export import (
     write_dataset_zip,
     write_segments_zip,
 )
-from .query import parse_query
+from .query import Filters, parse_filters, parse_query
 from .ranking import QueryError, category_hits, combined_hits, published_run, published_runs
 
 VIDEO_BATCH = 200
@@ -60,14 +60,19 @@ def export_segments_job(ctx: JobContext) -> dict:
         if run is None:
             raise JobError(f"No published {category.kind} model: run inference first.")
         label = category.name
-        hits = category_hits(run.pk, category.pk, threshold)
+        given = parse_filters(QueryDict(params.get("filters", "")))
+        filters = Filters(
+            collection_id=given.collection_id,
+            title=given.title,
+            year_from=given.year_from,
+            year_to=given.year_to,
+        )
+        hits = category_hits(run.pk, category.pk, threshold, filters)
     else:
         query = parse_query(QueryDict(params.get("query", "")))
-        names = dict(
-            Category.objects.filter(pk__in=[t.category_id for t in query.terms]).values_list(
-                "pk", "name"
-            )
-        )
+        found = Category.objects.filter(pk__in=[t.category_id for t in query.terms])
+        names = dict(found.values_list("pk", "name"))
+        query = query.with_kinds(dict(found.values_list("pk", "kind")))
         label = _describe(query, names)
         try:
             hits = combined_hits(query, published_runs(), threshold)

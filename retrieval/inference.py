@@ -91,9 +91,7 @@ def class_map_problem(version: ModelVersion) -> str | None:
         return f"{version} has no classes."
     ids = [int(c["id"]) for c in version.class_map]
     existing = set(
-        Category.objects.filter(pk__in=ids, kind=Category.Kind.CONCEPT).values_list(
-            "pk", flat=True
-        )
+        Category.objects.filter(pk__in=ids, kind=Category.Kind.CONCEPT).values_list("pk", flat=True)
     )
     missing = [c["name"] for c in version.class_map if int(c["id"]) not in existing]
     if missing:
@@ -115,9 +113,7 @@ def _options(options: dict | None) -> dict:
     try:
         batch = int(_given(options, "batch_size", DEFAULT_BATCH_SIZE))
         chunk = int(_given(options, "chunk_size", DEFAULT_CHUNK_SIZE))
-        workers = int(
-            _given(options, "workers", getattr(settings, "VIVA_TRAIN_NUM_WORKERS", 2))
-        )
+        workers = int(_given(options, "workers", getattr(settings, "VIVA_TRAIN_NUM_WORKERS", 2)))
         collections = sorted({int(c) for c in options.get("collection_ids") or []})
     except (TypeError, ValueError) as exc:
         raise InferenceRefused(f"Bad inference option: {exc}.") from exc
@@ -516,9 +512,11 @@ def run_progress(run: InferenceRun | int) -> tuple[int, int]:
 
 def chunks_left(run: InferenceRun | int) -> int:
     run_id = run.pk if isinstance(run, InferenceRun) else run
-    return InferenceChunk.objects.filter(run_id=run_id).exclude(
-        status=InferenceChunk.Status.DONE
-    ).count()
+    return (
+        InferenceChunk.objects.filter(run_id=run_id)
+        .exclude(status=InferenceChunk.Status.DONE)
+        .count()
+    )
 
 
 # --- completion ---------------------------------------------------------------------------
@@ -682,7 +680,12 @@ def _do_chunk(chunk, run, token, model, pre, category_ids, device, batch_size, w
             )
 
     scored = score_images(
-        model, pre, images, device=device, batch_size=batch_size, num_workers=workers,
+        model,
+        pre,
+        images,
+        device=device,
+        batch_size=batch_size,
+        num_workers=workers,
         on_batch=on_batch,
     )
     vanished = chunk.n_images - len(images)

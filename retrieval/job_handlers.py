@@ -14,8 +14,8 @@ from .inference import (
     plan_chunks,
     purge_superseded,
     run_progress,
-    worker_token,
     work_on_run,
+    worker_token,
 )
 from .models import InferenceRun
 
@@ -35,6 +35,11 @@ def _summary(run: InferenceRun) -> dict:
         "n_skipped": run.n_skipped,
         "n_predictions": run.n_predictions,
         "published": run.is_published,
+        # Share of (keyframe, concept) scores at or above the floor: what storage costs
+        # (docs/prediction-storage.md plans with 5 %).
+        "stored_fraction": round(
+            run.n_predictions / max(1, run.n_scored * run.model_version.num_classes), 4
+        ),
     }
 
 

@@ -105,7 +105,10 @@ class InferenceChunk(models.Model):
 class Prediction(models.Model):
     """One stored score; only scores at or above the run's floor are kept."""
 
-    run = models.ForeignKey(InferenceRun, on_delete=models.CASCADE, related_name="predictions")
+    # No single-column index on run: it is the prefix of ``prediction_rank``.
+    run = models.ForeignKey(
+        InferenceRun, on_delete=models.CASCADE, related_name="predictions", db_index=False
+    )
     category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+")
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+", db_index=False)
     score = models.FloatField()

@@ -116,7 +116,15 @@ class Query:
         return params
 
     def urlencode(self) -> str:
-        return urlencode(self.as_params())
+        return urlencode(self.as_params(), safe=":")
+
+    def with_kinds(self, kinds: dict[int, str]) -> Query:
+        """Terms with their kind taken from the categories (``{id: kind}``); terms of
+        unknown categories are dropped."""
+        terms = tuple(
+            replace(t, kind=kinds[t.category_id]) for t in self.terms if t.category_id in kinds
+        )
+        return replace(self, terms=terms)
 
     def with_filters(self, **changes: Any) -> Query:
         return replace(self, filters=replace(self.filters, **changes))

@@ -10,7 +10,6 @@ All page state lives in GET parameters (:mod:`retrieval.query`), so a URL is sha
 
 from __future__ import annotations
 
-from dataclasses import replace
 from urllib.parse import urlencode
 
 from django.contrib import messages
@@ -36,6 +35,8 @@ from .ranking import QueryError, combined_page, published_run, published_runs, r
 
 EXPORT_KINDS = ("export_segments", "export_dataset")
 EMPTY_ROWS = 2
+# Filters a segment export of one category keeps (the others shape a page, not a result).
+METADATA_PARAMS = ("collection", "title", "year_from", "year_to")
 
 
 def inference_url() -> str | None:
@@ -98,10 +99,12 @@ class SearchView(RoleRequiredMixin, TemplateView):
         if "term_category" in request.GET:
             # The form's rows → the compact, shareable ``t=`` form.
             query = parse_query(request.GET)
-            params = query.as_params()
+            ids = [t.category_id for t in query.terms]
+            kinds = dict(Category.objects.filter(pk__in=ids).values_list("pk", "kind"))
+            params = query.with_kinds(kinds).as_params()
             if request.GET.get("label"):
                 params.append(("label", request.GET["label"]))
-            return HttpResponseRedirect(request.path + "?" + urlencode(params))
+            return HttpResponseRedirect(request.path + "?" + urlencode(params, safe=":"))
         return super().get(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs):
@@ -114,7 +117,8 @@ class SearchView(RoleRequiredMixin, TemplateView):
         missing = [t.category_id for t in query.terms if t.category_id not in known]
         if missing:
             errors.append("Some categories of this query no longer exist; they were dropped.")
-            query = replace(query, terms=tuple(t for t in query.terms if t.category_id in known))
+        # A term's kind (concept or person) is the category's: it picks the published run.
+        query = query.with_kinds({c["id"]: c["kind"] for c in categories})
         rows_ = [
             {"category_id": t.category_id, "op": t.op, "min": t.min_score} for t in query.terms
         ]
@@ -146,7 +150,7 @@ class SearchView(RoleRequiredMixin, TemplateView):
         )
         if query.terms and not query.is_runnable:
             errors.append("Add at least one concept with AND or OR; NOT alone ranks nothing.")
-        if query.is_runnable and not errors:
+        if query.is_runnable:  # messages above are warnings: the valid terms still run
             runs = published_runs()
             rows, cols = grid_size(request.user)
             number, _ = parse_page_args(request)
@@ -214,7 +218,11 @@ class ExportView(RoleRequiredMixin, TemplateView):
             )
         else:
             kind = kinds.get(selected, "concept")
+        metadata = {
+            k: v for k, v in parse_filters(request.GET).as_params().items() if k in METADATA_PARAMS
+        }
         ctx.update(
+            filters_text=urlencode(metadata),
             categories=categories,
             selected=selected,
             query_text=query_text if query is not None and query.terms else "",
@@ -252,6 +260,10 @@ class ExportView(RoleRequiredMixin, TemplateView):
                 messages.error(request, "Choose a category or a query to export.")
                 return HttpResponseRedirect(request.path)
             params["category_id"] = category.pk
+            metadata = parse_filters(QueryDict(data.get("filters", "")))
+            meta = {k: v for k, v in metadata.as_params().items() if k in METADATA_PARAMS}
+            if meta:
+                params["filters"] = urlencode(meta)
             title = f"Export of “{category.name}”"
             kind = category.kind
         params["threshold"] = _threshold(data.get("threshold"), DEFAULT_THRESHOLDS[kind])
@@ -271,7 +283,7 @@ class DownloadView(RoleRequiredMixin, View):
         name = (job.result or {}).get("file", "")
         if job.status != Job.Status.SUCCEEDED or not name or "/" in name or "\\" in name:
             raise Http404("This export has no file (yet).")
-        path = export_dir(job.pk) / name
+        path = export_dir(job.pk, create=False) / name
         if not path.is_file():
             raise Http404("The export file is gone; run the export again.")
         return FileResponse(path.open("rb"), as_attachment=True, filename=name)

@@ -239,3 +239,16 @@ def test_export_dataset_all_categories_without_files(arch, users):
     run_job(job.pk)
     job.refresh_from_db()
     assert job.result["annotations"] == 1 and job.result["files"] == 0
+
+
+def test_category_export_keeps_the_metadata_filters(arch, client_for):
+    client = client_for("researcher")
+    url = reverse("retrieval:export")
+    response = client.get(url, {"category": arch["A"].pk, "title": "sports", "min_score": "0.9"})
+    assert b'name="filters" value="title=sports"' in response.content
+    client.post(url, {"category": arch["A"].pk, "threshold": "70", "filters": "title=sports"})
+    job = Job.objects.get(kind="export_segments")
+    assert job.params["filters"] == "title=sports"
+    assert run_job(job.pk) == "succeeded"
+    job.refresh_from_db()
+    assert (job.result["videos"], job.result["keyframes"]) == (1, 1)  # only i5 of v2

@@ -118,7 +118,9 @@ def new_run(version: ModelVersion, collection_ids=()) -> InferenceRun:
 
 
 def predictions_of(run: InferenceRun) -> list[tuple[int, int, float]]:
-    return sorted(Prediction.objects.filter(run=run).values_list("image_id", "category_id", "score"))
+    return sorted(
+        Prediction.objects.filter(run=run).values_list("image_id", "category_id", "score")
+    )
 
 
 def expected_scores(version: ModelVersion, images: list[Image]) -> dict[tuple[int, int], float]:
@@ -177,7 +179,8 @@ def test_claims_are_exclusive_and_stale_claims_are_taken_over(db, models_dir):
     assert inf.claim_chunk(run, "w3") is None  # nothing pending, nobody dead
     # w1 dies: after the heartbeat timeout its chunk goes to w3, and w1 can no longer write.
     InferenceChunk.objects.filter(pk=first.pk).update(
-        heartbeat_at=timezone.now() - timedelta(seconds=django_settings.VIVA_JOB_HEARTBEAT_TIMEOUT + 5)
+        heartbeat_at=timezone.now()
+        - timedelta(seconds=django_settings.VIVA_JOB_HEARTBEAT_TIMEOUT + 5)
     )
     taken = inf.claim_chunk(run, "w3")
     assert taken.pk == first.pk and taken.claimed_by == "w3"

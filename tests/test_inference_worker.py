@@ -57,9 +57,7 @@ def test_inference_jobs_through_workers(celery_worker, users, settings):
     # A run on one worker, killed after a few chunks.
     job = inf.start_inference(trainer, {"device": "cpu", "chunk_size": 4, "workers": 0})
     run = InferenceRun.objects.get()
-    wait_for(
-        lambda: run.chunks.filter(status="done").count() >= 3 or finished(job.pk), timeout=90
-    )
+    wait_for(lambda: run.chunks.filter(status="done").count() >= 3 or finished(job.pk), timeout=90)
     assert not finished(job.pk), Job.objects.get(pk=job.pk).log_tail
     celery_worker.kill()
     assert not InferenceRun.objects.get(pk=run.pk).is_published

@@ -419,9 +419,10 @@ def test_search_page_errors(arch, client_for):
     assert client.get(url).status_code == 200
     response = client.get(url, {"t": f"concept:{arch['C'].pk}:not:0.5"})
     assert "NOT alone" in response.content.decode()
-    response = client.get(url, {"t": "concept:999999:and:0.5"})
+    response = client.get(url, {"t": ["concept:999999:and:0.5", f"concept:{arch['C'].pk}:and:0.5"]})
     assert response.status_code == 200
     assert "no longer exist" in response.content.decode()
+    assert len(grid_data(response)["items"]) == 2  # the remaining term still runs (i2, i5)
 
 
 def test_search_query_count_is_constant(arch, client_for, users):
@@ -437,3 +438,34 @@ def test_search_query_count_is_constant(arch, client_for, users):
         assert response.status_code == 200
         counts.append(len(ctx.captured_queries))
     assert counts[0] == counts[1], counts
+
+
+def test_search_page_takes_the_term_kind_from_the_category(arch, client_for):
+    person = Category.objects.create(name="Somebody", kind="person")
+    run = make_run("person", 1)
+    Prediction.objects.create(run=run, category=person, image=arch["i"][3], score=0.9)
+    client = client_for("researcher")
+    # The form sends no kind: the category's kind picks the person run.
+    response = client.get(
+        reverse("retrieval:search"),
+        {"term_op": ["and"], "term_category": [person.pk], "term_min": ["0.5"]},
+        follow=True,
+    )
+    keys = [it["key"] for it in grid_data(response)["items"]]
+    assert keys == [str(arch["i"][3].pk)]
+    assert f"t=person:{person.pk}:and:0.5" in response.redirect_chain[0][0]
+
+
+def test_filtered_counts_stop_at_the_cap(arch, monkeypatch):
+    import retrieval.ranking as ranking
+
+    monkeypatch.setattr(ranking, "COUNT_CAP", 3)
+    page = ranked_page(arch["run"], arch["A"], Filters(title="e"), per_page=2)
+    assert (page.total, page.approximate) == (3, True)
+    assert ids(arch, page) == [5, 1] and page.next_cursor
+    nxt = ranked_page(
+        arch["run"], arch["A"], Filters(title="e"), per_page=2, after=page.next_cursor
+    )
+    assert ids(arch, nxt) == [2, 3]
+    # Unfiltered lists (an index range) are counted exactly.
+    assert ranked_page(arch["run"], arch["A"], Filters(), per_page=2).total == 6

@@ -55,3 +55,29 @@ def test_ranked_page_feedback(page, live_server, users, settings, tmp_path):
     keys = page.eval_on_selector_all(".vcell", "cells => cells.map(c => c.dataset.key)")
     assert str(arch["i"][5].pk) not in keys and len(keys) == 5
     assert not page.viva_errors, page.viva_errors
+
+
+def test_combined_search_and_export_pages(page, live_server, users, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    arch = make_archive(write_files=True)
+    login(page, live_server, users["researcher"])
+    page.goto(live_server.url + reverse("retrieval:search"))
+    # Fill two rows of the form: A AND B, min 0.5 each; the page redirects to a t= URL.
+    page.locator("select[name=term_category]").nth(0).select_option(str(arch["A"].pk))
+    page.locator("select[name=term_category]").nth(1).select_option(str(arch["B"].pk))
+    page.fill("input[name=year_to]", "1980")
+    page.click("button:has-text('Search')")
+    page.wait_for_url("**t=concept*")
+    page.wait_for_selector("#vgrid.ready")
+    assert page.locator("#vgrid").get_attribute("class").count("readonly") == 1
+    scores = page.eval_on_selector_all(".vcell-extra", "els => els.map(e => e.textContent)")
+    assert scores == ["score 0.80", "score 0.60"]
+    shared = page.input_value("[data-testid=share-url]")
+    assert "year_to=1980" in shared
+    screenshot(page, "retrieval-search")
+    page.click("a:has-text('Export…')")
+    page.wait_for_selector("[data-testid=segments-form]")
+    page.click("[data-testid=segments-form] button[type=submit]")
+    page.wait_for_url("**/jobs/*/")
+    screenshot(page, "retrieval-export-job")
+    assert not page.viva_errors, page.viva_errors

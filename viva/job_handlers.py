@@ -64,8 +64,10 @@ def import_videos_job(ctx: JobContext) -> dict:
         except DetectionCancelled:
             raise JobCancelled() from None
         except ImportFailed as exc:
-            report.errors.append({"file": label, "error": str(exc)})
-            ctx.log(f"{label}: failed: {exc}")
+            # Detection messages start with the file's own name; the report names it already.
+            message = str(exc).removeprefix(f"{path.name}: ")
+            report.errors.append({"file": label, "error": message})
+            ctx.log(f"{label}: failed: {message}")
             continue
         except FileNotFoundError:
             report.errors.append({"file": label, "error": "The file does not exist."})

@@ -969,8 +969,10 @@ def proto_unlabelled_scalar():
 
     PostgreSQL turns NOT EXISTS into an anti-join; for the archive tab's id-ordered
     ``id > anchor … LIMIT`` it picks a merge anti-join that reads the annotation index
-    from its start (seconds). A scalar subquery stays a per-row probe of the unique
-    (category, image) index. SQLite runs both the same way.
+    from its start (0.3–8 s). A scalar subquery stays a per-row probe of the unique
+    (category, image) index. SQLite runs both the same way. Only the archive tab
+    (``images_page``, outer ref ``pk``) is patched: for the candidates tab the
+    anti-join is the faster plan.
     """
     from django.db.models import OuterRef, Subquery
     from django.db.models.lookups import IsNull
@@ -978,7 +980,11 @@ def proto_unlabelled_scalar():
     from .. import grid as grid_module
     from ..models import Annotation
 
+    original = grid_module._unlabelled
+
     def labelled(category_id: int, image_ref: str):
+        if image_ref != "pk":
+            return original(category_id, image_ref)
         return IsNull(
             Subquery(
                 Annotation.objects.filter(

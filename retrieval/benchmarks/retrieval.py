@@ -296,7 +296,7 @@ def measure(options: dict, params: dict) -> dict[str, Any]:
         b = rng.choice(partners)
         query = Query(
             (Term(a.pk, "and", 0.5), Term(b.pk, "and", 0.5)),
-            Filters(year_from=1960, year_to=1999),
+            Filters(year_from=1950, year_to=1989),
         )
         seconds, page = timed(
             lambda q=query, c=a: combined_page(q, runs, label_category_id=c.pk, per_page=per_page)

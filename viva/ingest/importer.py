@@ -102,7 +102,7 @@ def import_video(
     try:
         info, shots = detect_shots(path, on_progress=detect_progress, should_stop=should_stop)
     except VideoError as exc:
-        raise ImportFailed(_without_name(str(exc), path)) from exc
+        raise ImportFailed(str(exc)) from exc
 
     per_shot = settings.VIVA_KEYFRAMES_PER_SHOT
     plan: dict[int, int] = {}  # frame → shot number
@@ -184,17 +184,11 @@ def import_video(
         return "skipped", Video.objects.get(sha256=sha)
     except VideoError as exc:
         remove_quietly(written)
-        raise ImportFailed(_without_name(str(exc), path)) from exc
+        raise ImportFailed(str(exc)) from exc
     except BaseException:
         remove_quietly(written)
         raise
     return "imported", video
-
-
-def _without_name(message: str, path: Path) -> str:
-    """Shot-detection messages start with the file name; reports add their own."""
-    prefix = f"{path.name}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
 
 
 def open_image_checked(path: Path) -> PILImage.Image:

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "grid": "annotation.benchmarks.grid",
     "training": "training.benchmarks.training",
     "retrieval": "retrieval.benchmarks.retrieval",
+    "inference": "retrieval.benchmarks.inference",
 }
 
 
