@@ -115,8 +115,9 @@ class Prediction(models.Model):
 
     class Meta:
         indexes = [
-            # Ranked retrieval: top-k of one category in one run, read in index order.
-            models.Index(fields=["run", "category", "-score"], name="prediction_rank"),
+            # Ranked retrieval: top-k of one category in one run, read in index order;
+            # the image id in the index lets combined queries run from the index alone.
+            models.Index(fields=["run", "category", "-score", "image"], name="prediction_rank"),
             models.Index(fields=["image", "run"], name="prediction_image"),
         ]
 

@@ -17,9 +17,26 @@ from django.db import connection
 
 REQUIRED = ("images", "annotations", "db", "page_p95_ms", "save_p95_ms", "page_queries")
 TINY = [
-    "--images", "2000", "--annotations", "10000", "--categories", "20", "--candidates", "600",
-    "--samples", "2", "--warmup", "0", "--cold-samples", "1", "--baseline-samples", "1",
-    "--no-keep", "--quiet", "--db-name", "viva_bench_grid_test",
+    "--images",
+    "2000",
+    "--annotations",
+    "10000",
+    "--categories",
+    "20",
+    "--candidates",
+    "600",
+    "--samples",
+    "2",
+    "--warmup",
+    "0",
+    "--cold-samples",
+    "1",
+    "--baseline-samples",
+    "1",
+    "--no-keep",
+    "--quiet",
+    "--db-name",
+    "viva_bench_grid_test",
 ]
 
 

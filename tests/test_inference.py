@@ -375,3 +375,22 @@ def test_page_renders_per_role_and_starts_a_run(db, models_dir, no_enqueue, clie
     response = client_for("trainer").post(url, {"device": "cpu"})
     assert response.status_code == 200 and "in progress" in response.content.decode()
     assert Job.objects.filter(kind=inf.JOB_KIND).count() == 1
+
+
+def test_page_adds_a_worker_to_a_running_run(db, models_dir, no_enqueue, client_for, settings):
+    settings.VIVA_TRAIN_DEVICES = ["cpu", "cuda:1"]
+    make_keyframes(3)
+    make_version()
+    client = client_for("trainer")
+    first = client.post(reverse("training:inference"), {"device": "cpu"})
+    job = Job.objects.get(kind=inf.JOB_KIND)
+    page = client.get(first["Location"]).content.decode()
+    assert 'data-testid="join"' in page and "1 worker on this run" in page
+    run = InferenceRun.objects.get()
+    response = client.post(
+        reverse("training:inference"), {"action": "join", "run": run.pk, "device": "cuda:1"}
+    )
+    helper = Job.objects.exclude(pk=job.pk).get(kind=inf.JOB_KIND)
+    assert response.status_code == 302 and helper.params["run_id"] == run.pk
+    assert helper.device == "cuda:1"
+    assert InferenceRun.objects.count() == 1

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 from .jobs import cancel_job, resume_job
 from .models import Collection, Job, Video
 from .roles import Role
 from .views.jobs import job_state, may_control
+
+
+class ApiPagination(LimitOffsetPagination):
+    """``?limit=&offset=``: at most :attr:`max_limit` rows per request."""
+
+    default_limit = 100
+    max_limit = 1000
+
+
+class DetailSerializer(serializers.Serializer):
+    """``{"detail": message}``: a refusal or error meant for the user."""
+
+    detail = serializers.CharField()
 
 
 class CollectionSerializer(serializers.ModelSerializer):
@@ -60,18 +74,21 @@ class JobSerializer(serializers.ModelSerializer):
 
 class CollectionViewSet(viewsets.ReadOnlyModelViewSet):
     min_role = Role.RESEARCHER
+    pagination_class = ApiPagination
     queryset = Collection.objects.all()
     serializer_class = CollectionSerializer
 
 
 class VideoViewSet(viewsets.ReadOnlyModelViewSet):
     min_role = Role.RESEARCHER
+    pagination_class = ApiPagination
     queryset = Video.objects.all()
     serializer_class = VideoSerializer
 
 
 class JobViewSet(viewsets.ReadOnlyModelViewSet):
     min_role = Role.RESEARCHER
+    pagination_class = ApiPagination
     roles_by_method = {"POST": Role.ANNOTATOR}
     queryset = Job.objects.select_related("created_by")
     serializer_class = JobSerializer

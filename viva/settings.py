@@ -115,6 +115,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     # A file, not memory, so a real Celery worker process can share the test database.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test.sqlite3")}
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # JIT compilation costs ~80 ms on the grid's short index queries (docs/grid-performance.md).
+    DATABASES["default"]["OPTIONS"] = {"options": "-c jit=off"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -158,6 +161,9 @@ VIVA_JOB_HEARTBEAT_TIMEOUT = int(env("VIVA_JOB_HEARTBEAT_TIMEOUT", "120"))
 
 # Similarity search backend for query-by-example (dotted path; None until an index exists).
 VIVA_SIMILARITY_BACKEND = env("VIVA_SIMILARITY_BACKEND") or None
+
+# Inference: sigmoid scores below this floor are not stored (docs/prediction-storage.md).
+VIVA_PREDICTION_FLOOR = float(env("VIVA_PREDICTION_FLOOR", "0.05"))
 
 # Safe fetching: hosts allowed although private (tests only).
 VIVA_FETCH_ALLOW_HOSTS = env_list("VIVA_FETCH_ALLOW_HOSTS")

@@ -9,6 +9,10 @@ from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import routers
 
+from annotation import api as annotation_api
+from retrieval import api as retrieval_api
+from training import api as training_api
+
 from . import api
 from .roles import Role, RoleRequiredMixin
 from .views import archive, jobs, users
@@ -26,6 +30,19 @@ router = Router()
 router.register("collections", api.CollectionViewSet)
 router.register("videos", api.VideoViewSet)
 router.register("jobs", api.JobViewSet)
+router.register("categories", annotation_api.CategoryViewSet, basename="category")
+router.register("images", annotation_api.ImageViewSet, basename="image")
+router.register("annotations", annotation_api.AnnotationViewSet, basename="annotation")
+
+# Non-resource endpoints; listed before the router so ``jobs/<pk>/`` does not catch them.
+api_patterns = [
+    path("jobs/training/", training_api.TrainingStartView.as_view(), name="api-job-training"),
+    path("jobs/inference/", training_api.InferenceStartView.as_view(), name="api-job-inference"),
+    path("jobs/export/", retrieval_api.ExportStartView.as_view(), name="api-job-export"),
+    path("retrieval/", retrieval_api.RetrievalView.as_view(), name="api-retrieval"),
+    path("search/", retrieval_api.SearchView.as_view(), name="api-search"),
+    path("classify/", training_api.ClassifyView.as_view(), name="api-classify"),
+]
 
 
 class SchemaView(RoleRequiredMixin, SpectacularAPIView):
@@ -86,6 +103,7 @@ urlpatterns = [
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("django-admin/", admin.site.urls),
+    path("api/v1/", include(api_patterns)),
     path("api/v1/", include(router.urls)),
     path("api/v1/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/v1/docs/", DocsView.as_view(url_name="api-schema"), name="api-docs"),

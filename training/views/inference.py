@@ -17,6 +17,7 @@ from django.views.generic import TemplateView
 
 from retrieval.inference import (
     DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_SIZE,
     JOB_KIND,
     InferenceRefused,
     active_jobs,
@@ -73,6 +74,15 @@ class InferenceForm(forms.Form):
         help_text=f"Empty: {DEFAULT_BATCH_SIZE}. Smaller if the GPU runs out of memory.",
     )
 
+    chunk_size = forms.IntegerField(
+        label="Chunk size",
+        required=False,
+        min_value=1,
+        max_value=1_000_000,
+        help_text=f"Empty: {DEFAULT_CHUNK_SIZE} keyframes. Larger on fast GPUs (each chunk "
+        "starts its loader processes anew).",
+    )
+
     def __init__(self, *args, devices: list[dict], collections: list[dict], **kwargs):
         super().__init__(*args, **kwargs)
         self.devices = devices
@@ -89,8 +99,9 @@ class InferenceForm(forms.Form):
             "device": data["device"],
             "collection_ids": [int(c) for c in data.get("collections") or []],
         }
-        if data.get("batch_size"):
-            options["batch_size"] = data["batch_size"]
+        for key in ("batch_size", "chunk_size"):
+            if data.get(key):
+                options[key] = data[key]
         return options
 
 
