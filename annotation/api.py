@@ -62,6 +62,8 @@ class CategorySerializer(serializers.ModelSerializer):
 
     def validate(self, attrs):
         instance = self.instance
+        if instance is not None and attrs.get("kind", instance.kind) != instance.kind:
+            raise ValidationError({"kind": ["The kind of an existing category cannot change."]})
         name = attrs.get("name", instance.name if instance else "")
         kind = attrs.get("kind", instance.kind if instance else Category.Kind.CONCEPT)
         clash = Category.objects.annotate(lname=Lower("name")).filter(lname=name.lower(), kind=kind)

@@ -143,6 +143,8 @@ def test_category_roles(api_for, keyframes):
     assert boat.created_by.username == "annotator"
     renamed = annotator.patch(f"/api/v1/categories/{boat.pk}/", {"name": "Ship"})
     assert renamed.status_code == 200 and renamed.json()["name"] == "Ship"
+    kind = annotator.patch(f"/api/v1/categories/{boat.pk}/", {"kind": "person"})
+    assert kind.status_code == 400 and "kind" in kind.json()
 
     Annotation.objects.create(
         image=keyframes["images"][0], category=boat, value=1, updated_at=boat.created_at
