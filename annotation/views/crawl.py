@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import ipaddress
-import json
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -51,7 +50,7 @@ from ..labels import LabelError, parse_value
 from ..models import Annotation, Category, ImageOrigin, Source
 from ..selection import CategoryRequiredMixin
 from .acquire import label_grid_url, list_grid_page, slice_page
-from .label_api import JsonRoleMixin, error
+from .label_api import BadPayload, JsonRoleMixin, error, read_grid_payload
 
 #: A search runs inside the web request; the crawler stops paging after this many seconds
 #: and keeps what it has, so a slow engine cannot hold a web worker for minutes.
@@ -313,27 +312,18 @@ class CrawlSaveView(JsonRoleMixin, View):
 
     def post(self, request: HttpRequest):
         try:
-            payload = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return error("The request was not valid JSON.", 400)
-        if not isinstance(payload, dict):
-            return error("Expected a JSON object.", 400)
+            payload, labels = read_grid_payload(request, MAX_SAVE_BATCH)
+        except BadPayload as exc:
+            return error(str(exc), 400)
         try:
             category = Category.objects.get(pk=int(payload.get("category")))
         except (TypeError, ValueError):
             return error("No category given; select a category and retry.", 400)
         except Category.DoesNotExist:
             return error("This category no longer exists; the labels were not saved.", 409)
-        labels = payload.get("labels")
-        if not isinstance(labels, list):
-            return error("Expected a list of labels.", 400)
-        if len(labels) > MAX_SAVE_BATCH:
-            return error(f"At most {MAX_SAVE_BATCH} labels can be saved at once.", 400)
         rejected: list[dict[str, str]] = []
         items: dict[str, dict[str, Any]] = {}
         for entry in labels:
-            if not isinstance(entry, dict) or "key" not in entry:
-                return error("Each label needs a key and a value.", 400)
             key = str(entry["key"])
             try:
                 result = WebResult.from_token(key)

@@ -60,6 +60,31 @@ class JsonRoleMixin(RoleRequiredMixin):
         return response
 
 
+class BadPayload(Exception):
+    """A grid save request that cannot be read; the message is for the user."""
+
+
+def read_grid_payload(request: HttpRequest, max_labels: int) -> tuple[dict, list]:
+    """The JSON object of a grid save and its ``labels`` list, checked for shape.
+
+    Shared by every ``save_url`` of the grid contract so they refuse bad requests alike.
+    """
+    try:
+        payload = json.loads(request.body or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise BadPayload("The request was not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise BadPayload("Expected a JSON object.")
+    labels = payload.get("labels")
+    if not isinstance(labels, list):
+        raise BadPayload("Expected a list of labels.")
+    if len(labels) > max_labels:
+        raise BadPayload(f"At most {max_labels} labels can be saved at once.")
+    if any(not isinstance(entry, dict) or "key" not in entry for entry in labels):
+        raise BadPayload("Each label needs a key and a value.")
+    return payload, labels
+
+
 class SaveLabelsView(JsonRoleMixin, View):
     """``annotation:save_labels``: a batch of archive-image labels (keys are image ids)."""
 
@@ -67,11 +92,9 @@ class SaveLabelsView(JsonRoleMixin, View):
 
     def post(self, request: HttpRequest):
         try:
-            payload = json.loads(request.body or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return error("The request was not valid JSON.", 400)
-        if not isinstance(payload, dict):
-            return error("Expected a JSON object.", 400)
+            payload, labels = read_grid_payload(request, MAX_BATCH)
+        except BadPayload as exc:
+            return error(str(exc), 400)
         try:
             category_id = int(payload.get("category"))
         except (TypeError, ValueError):
@@ -79,18 +102,11 @@ class SaveLabelsView(JsonRoleMixin, View):
         source = payload.get("source") or Source.GRID
         if source not in CLIENT_SOURCES:
             return error(f"Unknown source {source!r}.", 400)
-        labels = payload.get("labels")
-        if not isinstance(labels, list):
-            return error("Expected a list of labels.", 400)
-        if len(labels) > MAX_BATCH:
-            return error(f"At most {MAX_BATCH} labels can be saved at once.", 400)
 
         rejected: list[dict] = []
         changes: list[tuple[int, int | None]] = []
         keys: dict[int, str] = {}
         for entry in labels:
-            if not isinstance(entry, dict) or "key" not in entry:
-                return error("Each label needs a key and a value.", 400)
             key = str(entry["key"])
             try:
                 image_id = int(key)
