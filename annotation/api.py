@@ -10,7 +10,6 @@ as the grid.
 
 from __future__ import annotations
 
-from django.db.models.functions import Lower
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import serializers, viewsets
@@ -18,9 +17,9 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from viva.api import ApiPagination
 from viva.media import media_url
 from viva.models import Image
+from viva.pagination import ApiPagination
 from viva.roles import Role
 
 from .labels import MAX_BATCH, LabelError, delete_category, parse_value, save_labels
@@ -66,10 +65,7 @@ class CategorySerializer(serializers.ModelSerializer):
             raise ValidationError({"kind": ["The kind of an existing category cannot change."]})
         name = attrs.get("name", instance.name if instance else "")
         kind = attrs.get("kind", instance.kind if instance else Category.Kind.CONCEPT)
-        clash = Category.objects.annotate(lname=Lower("name")).filter(lname=name.lower(), kind=kind)
-        if instance is not None:
-            clash = clash.exclude(pk=instance.pk)
-        if clash.exists():
+        if Category.clash(kind, name, exclude_pk=instance.pk if instance else None):
             raise ValidationError({"name": [f"A {kind} named “{name}” already exists."]})
         return attrs
 

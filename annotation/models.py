@@ -35,6 +35,20 @@ class Category(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def clash(cls, kind: str, name: str, exclude_pk: int | None = None) -> Category | None:
+        """The category that already has this name (ignoring case) and kind, if any.
+
+        Both sides are lowered by the database, exactly as the unique index does it
+        (SQLite's LOWER() only folds ASCII, so a Python-side ``.lower()`` would miss).
+        """
+        qs = cls.objects.annotate(lname=Lower("name")).filter(
+            kind=kind, lname=Lower(models.Value(name))
+        )
+        if exclude_pk is not None:
+            qs = qs.exclude(pk=exclude_pk)
+        return qs.first()
+
 
 class Label(models.IntegerChoices):
     POSITIVE = 1, "positive"

@@ -23,10 +23,11 @@ from rest_framework.views import APIView
 
 from annotation.grid import _counted, _label_subquery
 from annotation.models import Category
-from viva.api import ApiPagination, DetailSerializer, JobSerializer
+from viva.api import DetailSerializer, JobSerializer
 from viva.jobs import start_job
 from viva.media import media_url
 from viva.models import Image
+from viva.pagination import ApiPagination
 from viva.roles import Role
 
 from .export import DEFAULT_THRESHOLDS

@@ -90,7 +90,7 @@ def export_segments_job(ctx: JobContext) -> dict:
         shot_of[hit.image_id] = hit.shot_id
         time_of[hit.image_id] = hit.time_ms or 0
         n_hits += 1
-    ctx.log(f"{n_hits} keyframes in {len(by_video)} videos.")
+    ctx.log(f"{n_hits} keyframes in {len(by_video)} video{'s' * (len(by_video) != 1)}.")
     video_ids = sorted(by_video)
     ctx.set_total(len(video_ids), note="Merging keyframes into segments")
     results: list[VideoSegments] = []
@@ -139,7 +139,8 @@ def export_segments_job(ctx: JobContext) -> dict:
         results,
         meta={"threshold": threshold, "merge_shots": merge_shots, "keyframes": n_hits},
     )
-    summary = f"{count} segments in {len(results)} videos ({n_hits} keyframes ≥ {threshold:.0%})."
+    videos = f"{len(results)} video{'s' * (len(results) != 1)}"
+    summary = f"{count} segments in {videos} ({n_hits} keyframes ≥ {threshold:.0%})."
     ctx.log(summary)
     return {
         "summary": summary,

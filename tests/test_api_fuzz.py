@@ -147,14 +147,8 @@ def test_api_fuzz_no_server_errors(users, client_for, settings, tmp_path):
     assert elapsed < BUDGET_S, f"fuzzing took {elapsed:.0f} s"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by the fuzz run: CategorySerializer.validate compares Python's "
-    "str.lower() with SQLite's ASCII-only LOWER(), so a non-ASCII duplicate name passes "
-    "validation and the unique index raises IntegrityError (500)",
-)
 def test_duplicate_non_ascii_category_name_is_a_400(users):
-    """Regression check of the 5xx the fuzz run found (remove the xfail once fixed)."""
+    """Regression check of a 5xx the fuzz run found: SQLite's LOWER() folds ASCII only."""
     from django.test import Client
 
     token, _ = Token.objects.get_or_create(user=users["admin"])

@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 from .jobs import cancel_job, resume_job
 from .models import Collection, Job, Video
+from .pagination import ApiPagination
 from .roles import Role
 from .views.jobs import job_state, may_control
-
-
-class ApiPagination(LimitOffsetPagination):
-    """``?limit=&offset=``: at most :attr:`max_limit` rows per request."""
-
-    default_limit = 100
-    max_limit = 1000
 
 
 class DetailSerializer(serializers.Serializer):

@@ -196,7 +196,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["viva.roles.HasRole"],
-    "DEFAULT_PAGINATION_CLASS": "viva.api.ApiPagination",
+    "DEFAULT_PAGINATION_CLASS": "viva.pagination.ApiPagination",
     "PAGE_SIZE": 100,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }

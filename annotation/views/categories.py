@@ -119,8 +119,7 @@ class CategoryForm(forms.ModelForm):
         if not name:
             raise forms.ValidationError("A name is required.")
         kind = self.cleaned_data.get("kind") or self.instance.kind
-        clash = Category.objects.filter(kind=kind, name__iexact=name).exclude(pk=self.instance.pk)
-        existing = clash.first()
+        existing = Category.clash(kind, name, exclude_pk=self.instance.pk)
         if existing is not None:
             what = Category.Kind(kind).label.lower()
             raise forms.ValidationError(f"A {what} named “{existing.name}” exists already.")
