@@ -58,23 +58,38 @@ def add_arguments(parser) -> None:
 
 @contextmanager
 def _temporary_database(path: Path):
-    """The default connection on a fresh SQLite file with every migration applied."""
+    """The default connection on a fresh SQLite file with every migration applied.
+
+    A new connection object replaces the default one for the duration (the backend class
+    of an existing connection cannot change), so this also works when the configured
+    database is PostgreSQL — which the bench never touches.
+    """
     from django.core.management import call_command
     from django.db import DEFAULT_DB_ALIAS, connections
+    from django.db.utils import load_backend
 
-    conn = connections[DEFAULT_DB_ALIAS]
-    conn.close()
-    saved = dict(conn.settings_dict)
-    conn.settings_dict.update(
-        {"ENGINE": "django.db.backends.sqlite3", "NAME": str(path), "OPTIONS": {}}
+    original = connections[DEFAULT_DB_ALIAS]
+    bench_settings = {
+        **original.settings_dict,
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {},
+        "USER": "",
+        "PASSWORD": "",
+        "HOST": "",
+        "PORT": "",
+        "CONN_MAX_AGE": 0,
+    }
+    bench = load_backend("django.db.backends.sqlite3").DatabaseWrapper(
+        bench_settings, DEFAULT_DB_ALIAS
     )
+    connections[DEFAULT_DB_ALIAS] = bench
     try:
         call_command("migrate", verbosity=0, interactive=False)
-        yield conn
+        yield bench
     finally:
-        conn.close()
-        conn.settings_dict.clear()
-        conn.settings_dict.update(saved)
+        bench.close()
+        connections[DEFAULT_DB_ALIAS] = original
 
 
 def _sync(device) -> None:
