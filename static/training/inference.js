@@ -61,7 +61,6 @@
     const ipsChart = chart(document.getElementById('chart-ips'), {}, 'one point per finished chunk');
     const usage = chart(document.getElementById('chart-usage'), { min: 0, max: 100, ticks: { callback: (v) => v + ' %' } },
       'sampled every 2 s while the run scores');
-    let timer = null;
 
     function render(s) {
       const m = s.metrics || {};
@@ -95,31 +94,7 @@
       usage.update('none');
     }
 
-    function tick() {
-      timer = null;
-      fetch(root.dataset.statusUrl, { headers: { Accept: 'application/json' } })
-        .then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); return r.json(); })
-        .then((s) => {
-          render(s);
-          root.dataset.status = s.status;
-          if (s.active) timer = setTimeout(tick, 1000);
-        })
-        .catch(() => { timer = setTimeout(tick, 3000); });
-    }
-
-    const cancel = root.querySelector('[data-action=cancel]');
-    if (cancel) {
-      cancel.addEventListener('submit', (event) => {
-        if (event.defaultPrevented) return;
-        event.preventDefault();
-        fetch(cancel.action, {
-          method: 'POST', headers: { Accept: 'application/json', 'X-CSRFToken': T.csrfToken() },
-          body: new FormData(cancel),
-        }).then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); if (!timer) tick(); })
-          .catch(() => cancel.submit());
-      });
-    }
-    tick();
+    T.watchJob(root, render);
   }
 
   document.addEventListener('DOMContentLoaded', initRun);

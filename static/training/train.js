@@ -137,7 +137,6 @@
     const charts = makeCharts();
     const q = (name) => root.querySelector('[data-field="' + name + '"]');
     const progress = root.querySelector('.run-progress [data-field=progress]');
-    let timer = null;
 
     function render(s) {
       const status = q('status');
@@ -168,37 +167,9 @@
       updateCharts(charts, s.metrics);
     }
 
-    function tick() {
-      timer = null;
-      fetch(root.dataset.statusUrl, { headers: { Accept: 'application/json' } })
-        .then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); return r.json(); })
-        .then((s) => {
-          render(s);
-          root.dataset.status = s.status;
-          if (s.active) timer = setTimeout(tick, 1000);
-        })
-        .catch(() => { timer = setTimeout(tick, 3000); });
-    }
-
-    const cancel = root.querySelector('[data-action=cancel]');
-    if (cancel) {
-      cancel.addEventListener('submit', (event) => {
-        if (event.defaultPrevented) return;  // the confirmation said no
-        event.preventDefault();
-        cancel.querySelector('button').disabled = true;
-        fetch(cancel.action, {
-          method: 'POST', headers: { Accept: 'application/json', 'X-CSRFToken': T.csrfToken() },
-          body: new FormData(cancel),
-        }).then((r) => {
-          if (!r.ok) throw new Error('HTTP ' + r.status);
-          if (!timer) tick();
-        }).catch(() => cancel.submit())
-          .finally(() => { cancel.querySelector('button').disabled = false; });
-      });
-    }
     const log = q('log');
     log.scrollTop = log.scrollHeight;
-    tick();
+    T.watchJob(root, render);
   }
 
   document.addEventListener('DOMContentLoaded', () => {

@@ -145,7 +145,41 @@
     return input ? input.value : '';
   }
 
+  // Poll a job's status into render(state) while it is active, and cancel it in place
+  // (the cancel form's confirmation runs first; without JavaScript the form still works).
+  function watchJob(root, render) {
+    let timer = null;
+    function tick() {
+      timer = null;
+      fetch(root.dataset.statusUrl, { headers: { Accept: 'application/json' } })
+        .then((r) => { if (!r.ok) throw new Error('HTTP ' + r.status); return r.json(); })
+        .then((s) => {
+          render(s);
+          root.dataset.status = s.status;
+          if (s.active) timer = setTimeout(tick, 1000);
+        })
+        .catch(() => { timer = setTimeout(tick, 3000); });
+    }
+    const cancel = root.querySelector('[data-action=cancel]');
+    if (cancel) {
+      cancel.addEventListener('submit', (event) => {
+        if (event.defaultPrevented) return;  // the confirmation said no
+        event.preventDefault();
+        cancel.querySelector('button').disabled = true;
+        fetch(cancel.action, {
+          method: 'POST', headers: { Accept: 'application/json', 'X-CSRFToken': csrfToken() },
+          body: new FormData(cancel),
+        }).then((r) => {
+          if (!r.ok) throw new Error('HTTP ' + r.status);
+          if (!timer) tick();
+        }).catch(() => cancel.submit())
+          .finally(() => { cancel.querySelector('button').disabled = false; });
+      });
+    }
+    tick();
+  }
+
   window.VIVA = Object.assign(window.VIVA || {}, {
-    training: { COLORS, sortableTable, readJson, csrfToken, thresholdLine, emptyText },
+    training: { COLORS, sortableTable, readJson, csrfToken, thresholdLine, emptyText, watchJob },
   });
 })();
