@@ -30,6 +30,15 @@ def normalize_device(device: str | None) -> str:
     return value
 
 
+def device_name(device) -> str:
+    """A human name for a torch device, as benchmarks and logs report it."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores)"
+
+
 def _cuda_count() -> int:
     try:
         import torch

@@ -25,6 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from training.devices import device_name
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="efficientnet-b0")
@@ -272,11 +274,7 @@ def _run(opts: dict) -> dict:
         "baseline_ips": round(base_ips, 3),
         "ratio": round(ours_ips / base_ips, 4),
         "device": str(device),
-        "device_name": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"CPU ({os.cpu_count()} cores)"
-        ),
+        "device_name": device_name(device),
         "model": opts["model"],
         "image_size": opts["image_size"],
         "batch_size": batch,

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from training.dataset import PREFETCH_FACTOR, Augmentation, ImageFileDataset, make_loader
+from training.devices import device_name
 from training.losses import POS, WEAK, IncompleteFocalLoss
 from training.networks import build_model, network_config
 from training.preprocessing import Preprocessing
@@ -244,11 +245,7 @@ def _run(opts: dict) -> dict:
         "baseline_ips": round(base_ips, 3),
         "ratio": round(ours_ips / base_ips, 4),
         "device": str(device),
-        "device_name": (
-            torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else f"CPU ({os.cpu_count()} cores)"
-        ),
+        "device_name": device_name(device),
         "model": opts["model"],
         "image_size": opts["image_size"],
         "batch_size": opts["batch_size"],
