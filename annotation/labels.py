@@ -3,7 +3,8 @@
 Used by the grid, review, retrieval feedback, imports and the API, so every way of
 labelling obeys the same rules: unknown images or categories are rejected with a
 message, unchanged labels write nothing, and concurrent saves of the same item end in
-the later value with both events kept (rows are locked; SQLite serialises writers).
+the later value with both events kept (the category row is locked; SQLite serialises
+writers).
 """
 
 from __future__ import annotations
@@ -96,7 +97,12 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
     now = timezone.now()
     user_id = user.pk if user is not None and user.is_authenticated else None
     with transaction.atomic():
-        category = Category.objects.filter(pk=category_id).only("pk", "name").first()
+        # Locking the category row serialises concurrent saves to one category, so two
+        # annotators inserting the same new label cannot collide on the unique index
+        # (PostgreSQL); SQLite already serialises writers.
+        category = (
+            Category.objects.select_for_update().filter(pk=category_id).only("pk", "name").first()
+        )
         if category is None:
             raise LabelError("This category no longer exists; the labels were not saved.")
         existing_images = set(
