@@ -37,6 +37,8 @@ $(PY):
 
 $(RUN_STAMP): requirements.txt | $(PY)
 	$(PIP) install -qq -r requirements.txt
+	@nodeps="$$(sed -n 's/^#no-deps[[:space:]]*//p' requirements.txt)"; \
+	if [ -n "$$nodeps" ]; then $(PIP) install -qq --no-deps $$nodeps; fi
 	@touch $@
 
 # scenedetect's wheel requires opencv-python, which would overwrite the headless OpenCV's

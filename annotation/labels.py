@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from viva.models import Image
+from viva.models import Face, Image
 
 from .models import Annotation, AnnotationEvent, Category, Label, Source
 
@@ -75,15 +75,41 @@ def save_labels(
     source: str = Source.GRID,
 ) -> SaveResult:
     """Apply ``(image_id, value)`` pairs for one category; ``None`` removes a label."""
+    return _save_with_retry(category, changes, user, source, faces=False)
+
+
+def save_face_labels(
+    category: Category | int,
+    changes: Iterable[tuple[int, int | None]],
+    *,
+    user=None,
+    source: str = Source.GRID,
+) -> SaveResult:
+    """Apply ``(face_id, value)`` pairs for one (person) category; ``None`` removes a label.
+
+    Face labels are annotations with ``face`` set (and ``image`` = the face's image), so the
+    event log, review and training read them like image labels.
+    """
+    return _save_with_retry(category, changes, user, source, faces=True)
+
+
+def _save_with_retry(
+    category: Category | int,
+    changes: Iterable[tuple[int, int | None]],
+    user,
+    source: str,
+    *,
+    faces: bool,
+) -> SaveResult:
     wanted: dict[int, int | None] = {}
-    for image_id, value in changes:
-        wanted[int(image_id)] = value  # the last word for an image wins within a batch
+    for item_id, value in changes:
+        wanted[int(item_id)] = value  # the last word for an item wins within a batch
     if len(wanted) > MAX_BATCH:
         raise LabelError(f"At most {MAX_BATCH} labels can be saved at once.")
     category_id = category.pk if isinstance(category, Category) else int(category)
     for attempt in range(3):
         try:
-            return _save(category_id, wanted, user, source)
+            return _save(category_id, wanted, user, source, faces=faces)
         except IntegrityError:
             # Another annotator inserted the same label between our read and our write;
             # the retry sees that row and updates it, so both changes are logged.
@@ -92,7 +118,10 @@ def save_labels(
     raise AssertionError("unreachable")
 
 
-def _save(category_id: int, wanted: dict[int, int | None], user, source: str) -> SaveResult:
+def _save(
+    category_id: int, wanted: dict[int, int | None], user, source: str, *, faces: bool
+) -> SaveResult:
+    """``wanted`` maps image ids (or face ids when ``faces``) to values."""
     result = SaveResult()
     now = timezone.now()
     user_id = user.pk if user is not None and user.is_authenticated else None
@@ -105,21 +134,32 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
         )
         if category is None:
             raise LabelError("This category no longer exists; the labels were not saved.")
-        existing_images = set(
-            Image.objects.filter(pk__in=list(wanted)).values_list("pk", flat=True)
-        )
-        for image_id in wanted.keys() - existing_images:
-            result.rejected.append({"image": image_id, "error": "This image no longer exists."})
+        if faces:
+            # item id -> image id of the face
+            items = dict(Face.objects.filter(pk__in=list(wanted)).values_list("pk", "image_id"))
+            missing = "This face no longer exists."
+        else:
+            items = {
+                pk: pk
+                for pk in Image.objects.filter(pk__in=list(wanted)).values_list("pk", flat=True)
+            }
+            missing = "This image no longer exists."
+        for item_id in wanted.keys() - items.keys():
+            result.rejected.append({"face" if faces else "image": item_id, "error": missing})
+        rows = Annotation.objects.select_for_update().filter(category_id=category_id)
+        if faces:
+            rows = rows.filter(face_id__in=list(items))
+        else:
+            rows = rows.filter(face__isnull=True, image_id__in=list(items))
         current = {
-            a.image_id: a
-            for a in Annotation.objects.select_for_update()
-            .filter(category_id=category_id, face__isnull=True, image_id__in=existing_images)
-            .only("pk", "image_id", "value")
+            (a.face_id if faces else a.image_id): a
+            for a in rows.only("pk", "image_id", "face_id", "value")
         }
         to_create, to_update, to_delete, events = [], [], [], []
-        for image_id in existing_images:
-            value = wanted[image_id]
-            row = current.get(image_id)
+        for item_id, image_id in items.items():
+            face_id = item_id if faces else None
+            value = wanted[item_id]
+            row = current.get(item_id)
             old = row.value if row else None
             if old == value:
                 result.unchanged += 1
@@ -128,6 +168,7 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
                 to_create.append(
                     Annotation(
                         image_id=image_id,
+                        face_id=face_id,
                         category_id=category_id,
                         value=value,
                         source=source,
@@ -143,6 +184,7 @@ def _save(category_id: int, wanted: dict[int, int | None], user, source: str) ->
             events.append(
                 AnnotationEvent(
                     image_id=image_id,
+                    face_id=face_id,
                     category_id=category_id,
                     category_name=category.name,
                     old_value=old,

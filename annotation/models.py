@@ -194,3 +194,38 @@ class Candidate(models.Model):
 
     def __str__(self) -> str:
         return f"candidate image {self.image_id} for category {self.category_id}"
+
+
+class FaceCluster(models.Model):
+    """A group of similar faces among the images acquired for a person (agglomerative
+    clustering, cosine): the annotator labels a whole cluster at once, then corrects single
+    faces. Clusters are recomputed per category; labels live on the faces, not here."""
+
+    category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="face_clusters")
+    number = models.PositiveIntegerField(help_text="1 = largest cluster.")
+    size = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["category", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["category", "number"], name="face_cluster_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"cluster {self.number} of {self.category}"
+
+
+class FaceClusterMember(models.Model):
+    cluster = models.ForeignKey(FaceCluster, on_delete=models.CASCADE, related_name="members")
+    face = models.ForeignKey(Face, on_delete=models.CASCADE, related_name="+")
+    distance = models.FloatField(default=0.0, help_text="Cosine distance to the cluster mean.")
+
+    class Meta:
+        ordering = ["cluster", "distance"]
+        constraints = [
+            models.UniqueConstraint(fields=["cluster", "face"], name="face_cluster_member_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"face {self.face_id} in cluster {self.cluster_id}"

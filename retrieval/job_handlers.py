@@ -123,3 +123,9 @@ def infer_concepts_job(ctx: JobContext) -> dict:
 
 
 from . import export_jobs  # noqa: E402, F401  (export_segments, export_dataset)
+
+# Job handlers of the similarity-search and person packages register on import.
+from .face_search import jobs as _face_search_jobs  # noqa: E402,F401
+from .hashing import jobs as _hashing_jobs  # noqa: E402,F401
+from .persons import jobs as _person_jobs  # noqa: E402,F401
+from .search import jobs as _search_jobs  # noqa: E402,F401

@@ -19,7 +19,7 @@ from django.db import models
 
 from annotation.models import Category
 from training.models import ModelVersion
-from viva.models import Image, Job
+from viva.models import Face, Image, Job
 
 
 class InferenceRun(models.Model):
@@ -112,6 +112,10 @@ class Prediction(models.Model):
     category = models.ForeignKey(Category, on_delete=models.CASCADE, related_name="+")
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="+", db_index=False)
     score = models.FloatField()
+    # Person runs: the face of the image that scored best (one row per image and person).
+    face = models.ForeignKey(
+        Face, null=True, blank=True, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
 
     class Meta:
         indexes = [
@@ -123,3 +127,27 @@ class Prediction(models.Model):
 
     def __str__(self) -> str:
         return f"{self.category_id} · image {self.image_id}: {self.score:.3f}"
+
+
+class HashCode(models.Model):
+    """The 256-bit hash code of one image under one hashing model (issue 6).
+
+    Codes are stored *permuted* (see ``retrieval.hashing.bits``): bytes 0–7 are the 64
+    coarse bits, split into four 16-bit subcodes (bytes 2i, 2i+1), so every index backend
+    reads the coarse code without knowing the model. Stored so indexes can be rebuilt.
+    """
+
+    version = models.ForeignKey(
+        ModelVersion, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="hash_codes")
+    code = models.BinaryField(max_length=32)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "image"], name="hash_code_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"code of image {self.image_id} (model {self.version_id})"

@@ -5,7 +5,7 @@ Roles: ``retrieval.views`` docstring; expected access: ``tests/url_roles_retriev
 
 from django.urls import path
 
-from . import views
+from . import urls_faces, urls_hashing, urls_similarity, views
 
 app_name = "retrieval"
 urlpatterns = [
@@ -14,3 +14,4 @@ urlpatterns = [
     path("export/", views.ExportView.as_view(), name="export"),
     path("export/<int:pk>/download/", views.DownloadView.as_view(), name="download"),
 ]
+urlpatterns += urls_similarity.urlpatterns + urls_hashing.urlpatterns + urls_faces.urlpatterns

@@ -37,3 +37,8 @@ def train_concepts_job(ctx: JobContext) -> dict:
             f"{config.device} is busy with job {other.pk} (“{other}”); one run per device."
         )
     return train(ctx, config)
+
+
+# Job handlers of the face pipeline and person recognition register on import.
+from .faces import jobs as _face_jobs  # noqa: E402,F401
+from .persons import jobs as _person_jobs  # noqa: E402,F401

@@ -6,6 +6,8 @@ with its URL, so "Train concepts" at ``/train/`` would light up on the evaluatio
 
 from django.urls import path
 
+from .urls_faces import urlpatterns as face_patterns
+from .urls_persons import urlpatterns as person_patterns
 from .views.evaluation import EvaluationView
 from .views.inference import InferenceView
 from .views.models import ActivateVersionView, ModelListView
@@ -21,3 +23,4 @@ urlpatterns = [
     path("evaluation/", EvaluationView.as_view(), name="evaluation"),
     path("inference/", InferenceView.as_view(), name="inference"),
 ]
+urlpatterns += face_patterns + person_patterns

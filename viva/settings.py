@@ -159,8 +159,32 @@ VIVA_THUMB_SIZE = int(env("VIVA_THUMB_SIZE", "256"))
 # Jobs: a running job whose heartbeat is older than this is considered dead.
 VIVA_JOB_HEARTBEAT_TIMEOUT = int(env("VIVA_JOB_HEARTBEAT_TIMEOUT", "120"))
 
-# Similarity search backend for query-by-example (dotted path; None until an index exists).
-VIVA_SIMILARITY_BACKEND = env("VIVA_SIMILARITY_BACKEND") or None
+# Similarity search (issue 6): the query-by-example entry point the annotation app calls
+# (dotted path), the index backend behind it, and where the FAISS index files live.
+VIVA_SIMILARITY_BACKEND = env("VIVA_SIMILARITY_BACKEND", "retrieval.search.service") or None
+VIVA_SEARCH_BACKEND = env("VIVA_SEARCH_BACKEND", "faiss")  # faiss | elasticsearch
+VIVA_INDEX_DIR = Path(env("VIVA_INDEX_DIR", str(VAR_DIR / "index")))
+# Elasticsearch / OpenSearch (ElasticHash): cluster URL, index and alias names.
+VIVA_ES_URL = env("VIVA_ES_URL", "http://127.0.0.1:9200")
+VIVA_ES_INDEX = env("VIVA_ES_INDEX", "viva-codes")
+VIVA_ES_ALIAS = env("VIVA_ES_ALIAS", "viva-codes-current")
+VIVA_ES_NEIGHBOURS_INDEX = env("VIVA_ES_NEIGHBOURS_INDEX", "nbs-d2")
+VIVA_ES_TIMEOUT = float(env("VIVA_ES_TIMEOUT", "10"))
+# Backbone features for the unsupervised (ITQ) hash codes may start from random weights
+# only when asked (tests, demo): such codes are close to meaningless.
+VIVA_HASHING_ALLOW_RANDOM = env_bool("VIVA_HASHING_ALLOW_RANDOM", False)
+
+# Persons (issue 7): face quality filters, embedding weights, recognition settings.
+VIVA_FACE_MIN_SCORE = float(env("VIVA_FACE_MIN_SCORE", "0.90"))  # MTCNN probability
+VIVA_FACE_MIN_SIZE = int(env("VIVA_FACE_MIN_SIZE", "40"))  # shorter box side, pixels
+VIVA_FACE_MIN_SHARPNESS = float(env("VIVA_FACE_MIN_SHARPNESS", "15"))  # Laplacian variance
+VIVA_FACE_MAX_ASPECT = float(env("VIVA_FACE_MAX_ASPECT", "2.0"))  # long / short box side
+VIVA_FACE_ALLOW_RANDOM_WEIGHTS = env_bool("VIVA_FACE_ALLOW_RANDOM_WEIGHTS", False)
+VIVA_PERSON_MIN_FACES = int(env("VIVA_PERSON_MIN_FACES", "10"))  # to be trained
+VIVA_PERSON_MAX_FACES = int(env("VIVA_PERSON_MAX_FACES", "100"))  # balanced subsample
+VIVA_PERSON_MAX_CLUSTERS = int(env("VIVA_PERSON_MAX_CLUSTERS", "100"))
+# The face index is exact (IndexFlatIP) up to this many faces, approximate above.
+VIVA_FACE_INDEX_EXACT_MAX = int(env("VIVA_FACE_INDEX_EXACT_MAX", "100000"))
 
 # Inference: sigmoid scores below this floor are not stored (docs/prediction-storage.md).
 VIVA_PREDICTION_FLOOR = float(env("VIVA_PREDICTION_FLOOR", "0.05"))

@@ -15,3 +15,5 @@ from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 VIVA_FETCH_ALLOW_HOSTS = ["127.0.0.1"]
+VIVA_HASHING_ALLOW_RANDOM = True
+VIVA_FACE_ALLOW_RANDOM_WEIGHTS = True

@@ -94,6 +94,11 @@ class Image(models.Model):
     time_ms = models.PositiveIntegerField(null=True, blank=True)
     original_name = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    faces_scanned_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When face detection last ran on this image (None: not yet).",
+    )
 
     class Meta:
         ordering = ["id"]
@@ -131,10 +136,46 @@ class Face(models.Model):
     quality = models.FloatField(null=True, blank=True)
     thumbnail = models.CharField(max_length=1000, blank=True)
     embedding = models.BinaryField(null=True, blank=True, help_text="float16 × 512.")
+    embedder = models.CharField(
+        max_length=40,
+        blank=True,
+        help_text="Which embedding weights made the embedding ('vggface2', 'random', …).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    EMBEDDING_DIM = 512
 
     class Meta:
         ordering = ["id"]
 
     def __str__(self) -> str:
         return f"face {self.pk} in image {self.image_id}"
+
+    # Embeddings are stored as float16 bytes (1 KiB per face): compact enough for
+    # millions of faces, exact enough to rebuild the face index and retrain persons.
+    @staticmethod
+    def pack_embedding(vector) -> bytes:
+        """float16 bytes of a 512-d vector (any float dtype)."""
+        import numpy as np
+
+        arr = np.asarray(vector, dtype=np.float16).reshape(-1)
+        if arr.size != Face.EMBEDDING_DIM:
+            raise ValueError(f"A face embedding has {Face.EMBEDDING_DIM} values, not {arr.size}.")
+        return arr.tobytes()
+
+    @staticmethod
+    def unpack_embeddings(blobs) -> np.ndarray:  # noqa: F821 - numpy imported lazily
+        """float32 array (n, 512) from stored blobs (rows without embedding are refused)."""
+        import numpy as np
+
+        blobs = list(blobs)
+        if not blobs:
+            return np.zeros((0, Face.EMBEDDING_DIM), dtype=np.float32)
+        raw = b"".join(bytes(b) for b in blobs)
+        return np.frombuffer(raw, dtype=np.float16).reshape(len(blobs), -1).astype(np.float32)
+
+    def vector(self):
+        """This face's embedding as float32 (512,), or None when it has none."""
+        if self.embedding is None:
+            return None
+        return self.unpack_embeddings([self.embedding])[0]

@@ -18,6 +18,9 @@ BENCHMARKS = {
     "training": "training.benchmarks.training",
     "retrieval": "retrieval.benchmarks.retrieval",
     "inference": "retrieval.benchmarks.inference",
+    "similarity": "retrieval.benchmarks.similarity",
+    "face-search": "retrieval.benchmarks.face_search",
+    "faces": "training.benchmarks.faces",
 }
 
 

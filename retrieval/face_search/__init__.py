@@ -1,0 +1,1 @@
+"""Person similarity search: a FAISS index over all face embeddings (issue 7)."""

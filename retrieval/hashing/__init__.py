@@ -1,0 +1,1 @@
+"""Deep hashing and unsupervised (ITQ) hash codes for image similarity search (issue 6)."""

@@ -1,0 +1,1 @@
+"""Person inference over all archive faces and person retrieval (issue 7)."""

@@ -1,0 +1,1 @@
+"""Person recognition: SVM on face embeddings with rejection of unknowns (issue 7)."""

@@ -1,0 +1,3 @@
+"""URLs of this feature; included by the app's urls module."""
+
+urlpatterns: list = []
