@@ -44,6 +44,7 @@ from PIL import ImageOps
 from viva.ingest.importer import ImportFailed, import_image
 from viva.media import media_path
 from viva.models import Collection, Image
+from viva.signals import send_images_added
 
 from . import safe_fetch
 from .labels import save_labels
@@ -177,7 +178,10 @@ def add_candidates(
             ],
             ignore_conflicts=True,
         )
-    return Candidate.objects.filter(category=category, image_id__in=ids).count() - before
+    added = Candidate.objects.filter(category=category, image_id__in=ids).count() - before
+    # Hash codes / faces of what arrives are computed in the background (after commit).
+    send_images_added(ids, category_id=category.pk, source=source)
+    return added
 
 
 # --------------------------------------------------------------------------

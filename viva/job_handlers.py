@@ -16,7 +16,8 @@ from .ingest.importer import (
 )
 from .ingest.shots import DetectionCancelled
 from .jobs import JobCancelled, JobContext, JobError, job_handler
-from .models import Collection
+from .models import Collection, Image
+from .signals import send_images_added
 
 STEPS_PER_FILE = 1000
 
@@ -24,6 +25,11 @@ STEPS_PER_FILE = 1000
 def _finish(ctx: JobContext, report: ImportReport, files: list[Path]) -> dict:
     for folder in ctx.params.get("cleanup_dirs", []):
         shutil.rmtree(folder, ignore_errors=True)
+    new_ids = [e["image_id"] for e in report.imported if "image_id" in e]
+    video_ids = [e["video_id"] for e in report.imported if "video_id" in e]
+    if video_ids:
+        new_ids += list(Image.objects.filter(video_id__in=video_ids).values_list("pk", flat=True))
+    send_images_added(new_ids, source="import")
     result = report.as_dict()
     ctx.log(result["summary"])
     if files and len(report.errors) == len(files):
