@@ -31,8 +31,8 @@ MENU: list[tuple[str, str, str, int]] = [
     ("Infer", "Inference", "training:inference", Role.TRAINER),
     ("Retrieve", "Ranked results", "retrieval:ranked", Role.RESEARCHER),
     ("Search", "Combined search", "retrieval:search", Role.RESEARCHER),
-    ("Search", "Similar images", "retrieval:similar", Role.RESEARCHER),
-    ("Search", "Face search", "retrieval:faces", Role.RESEARCHER),
+    ("Search", "Search by image", "retrieval:similar", Role.RESEARCHER),
+    ("Search", "Search by face", "retrieval:faces", Role.RESEARCHER),
     ("Jobs", "Jobs", "jobs:list", Role.RESEARCHER),
     ("Admin", "Users", "users:list", Role.ADMIN),
 ]
