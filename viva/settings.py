@@ -183,6 +183,10 @@ VIVA_FACE_ALLOW_RANDOM_WEIGHTS = env_bool("VIVA_FACE_ALLOW_RANDOM_WEIGHTS", Fals
 VIVA_PERSON_MIN_FACES = int(env("VIVA_PERSON_MIN_FACES", "10"))  # to be trained
 VIVA_PERSON_MAX_FACES = int(env("VIVA_PERSON_MAX_FACES", "100"))  # balanced subsample
 VIVA_PERSON_MAX_CLUSTERS = int(env("VIVA_PERSON_MAX_CLUSTERS", "100"))
+# Agglomerative clustering of a person's faces (cosine distance threshold; caps).
+VIVA_PERSON_CLUSTER_DISTANCE = float(env("VIVA_PERSON_CLUSTER_DISTANCE", "0.4"))
+VIVA_PERSON_CLUSTER_MAX_FACES = int(env("VIVA_PERSON_CLUSTER_MAX_FACES", "5000"))
+VIVA_PERSON_CLUSTER_INLINE_FACES = int(env("VIVA_PERSON_CLUSTER_INLINE_FACES", "1500"))
 # The face index is exact (IndexFlatIP) up to this many faces, approximate above.
 VIVA_FACE_INDEX_EXACT_MAX = int(env("VIVA_FACE_INDEX_EXACT_MAX", "100000"))
 
