@@ -173,6 +173,8 @@ VIVA_ES_TIMEOUT = float(env("VIVA_ES_TIMEOUT", "10"))
 # Backbone features for the unsupervised (ITQ) hash codes may start from random weights
 # only when asked (tests, demo): such codes are close to meaningless.
 VIVA_HASHING_ALLOW_RANDOM = env_bool("VIVA_HASHING_ALLOW_RANDOM", False)
+# Backbone of the hash-code models ("" = efficientnet-b3; tests and demos use a tiny one).
+VIVA_HASHING_NETWORK = env("VIVA_HASHING_NETWORK", "")
 
 # Persons (issue 7): face quality filters, embedding weights, recognition settings.
 VIVA_FACE_MIN_SCORE = float(env("VIVA_FACE_MIN_SCORE", "0.90"))  # MTCNN probability
