@@ -83,3 +83,6 @@ def _label_link() -> dict:
         return {"url": reverse("annotation:label"), "url_label": "Label the candidates"}
     except NoReverseMatch:
         return {}
+
+
+from . import face_jobs as _face_jobs  # noqa: E402,F401 - registers "cluster_faces"

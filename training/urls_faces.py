@@ -1,3 +1,9 @@
-"""URLs of this feature; included by the app's urls module."""
+"""URLs of the face pipeline (issue 7); mounted under ``/train/`` by ``training.urls``."""
 
-urlpatterns: list = []
+from django.urls import path
+
+from .faces.views import FacesView
+
+urlpatterns: list = [
+    path("faces/", FacesView.as_view(), name="faces"),
+]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.http import HttpRequest
+from django.shortcuts import redirect
 from django.urls import NoReverseMatch, reverse
 from django.views.generic import TemplateView
 
@@ -90,6 +91,12 @@ class LabelView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
 
     min_role = Role.ANNOTATOR
     template_name = "annotation/label.html"
+
+    def get(self, request: HttpRequest, *args, **kwargs):
+        if self.category.kind == Category.Kind.PERSON:
+            # Persons are labelled by their faces (clusters first), not by whole images.
+            return redirect(reverse("annotation:person_clusters") + f"?category={self.category.pk}")
+        return super().get(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)

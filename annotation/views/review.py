@@ -6,12 +6,16 @@ Newest label first, in the same grid, so a wrong label is corrected where it is 
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
+from django.shortcuts import redirect
+from django.urls import reverse
 from django.views.generic import TemplateView
 
 from viva.roles import Role, RoleRequiredMixin
 
 from ..grid import grid_size, label_counts, parse_page_args, review_page
-from ..models import Label, Source
+from ..models import Category, Label, Source
 from ..selection import CategoryRequiredMixin
 from .grid import build_grid
 
@@ -23,6 +27,15 @@ class ReviewView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
 
     min_role = Role.ANNOTATOR
     template_name = "annotation/review.html"
+
+    def get(self, request, *args, **kwargs):
+        if self.category.kind == Category.Kind.PERSON:
+            # A person's labels live on faces: review them as face crops.
+            query = {"category": self.category.pk}
+            if request.GET.get("value") in VALUES:
+                query["value"] = request.GET["value"]
+            return redirect(reverse("annotation:person_review") + "?" + urlencode(query))
+        return super().get(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)

@@ -1,1 +1,87 @@
-"""Job handlers of this package (imported by the app's job_handlers module)."""
+"""Job handlers of this package (imported by the app's job_handlers module).
+
+Thin wrappers around :mod:`.train`: they read ids and options from the job's params.
+Idempotent: a job that already saved a version (a redelivered task after the save)
+returns that version; otherwise the run continues from what earlier attempts of the same
+job cached (ITQ feature chunks, deep hashing epoch checkpoints).
+"""
+
+from __future__ import annotations
+
+from viva.jobs import JobContext, job_handler
+
+FIT_JOB = "fit_hash_codes"
+TRAIN_JOB = "train_hashing"
+
+FIT_OPTIONS = (
+    "sample_size",
+    "network",
+    "init",
+    "image_size",
+    "device",
+    "batch_size",
+    "num_workers",
+    "cpu_threads",
+    "seed",
+)
+
+
+def _already_done(ctx: JobContext) -> dict | None:
+    from training.models import ModelVersion
+
+    done = ModelVersion.objects.filter(job_id=ctx.job_id, kind=ModelVersion.Kind.HASHING).first()
+    if done is None:
+        return None
+    ctx.log(f"This job already saved {done}; nothing to do.")
+    return _result(done, f"Already saved as {done}.")
+
+
+def _result(version, summary: str) -> dict:
+    return {
+        "summary": summary,
+        "model_version_id": version.pk,
+        "version": version.version,
+        "method": version.config.get("method"),
+        "mAP": version.mean_ap,
+        "active": version.is_active,
+    }
+
+
+def _user(ctx: JobContext):
+    return getattr(ctx.job, "created_by", None)
+
+
+@job_handler(FIT_JOB, queue="gpu", label="unsupervised hash codes")
+def fit_hash_codes_job(ctx: JobContext) -> dict:
+    from .train import fit_itq_model
+
+    if (done := _already_done(ctx)) is not None:
+        return done
+    options = {k: ctx.params[k] for k in FIT_OPTIONS if ctx.params.get(k) is not None}
+    version = fit_itq_model(ctx=ctx, user=_user(ctx), **options)
+    return _result(
+        version,
+        f"Hashing model v{version.version} (unsupervised ITQ codes from "
+        f"{version.metrics.get('sample_images')} archive images) is active. Re-index the "
+        "archive so the similarity search uses it.",
+    )
+
+
+@job_handler(TRAIN_JOB, queue="gpu", label="deep hashing training")
+def train_hashing_job(ctx: JobContext) -> dict:
+    from .train import train_hashing_model
+
+    if (done := _already_done(ctx)) is not None:
+        return done
+    params = dict(ctx.params)
+    category_ids = params.pop("category_ids", None)
+    folder = params.pop("folder", None)
+    version = train_hashing_model(
+        category_ids=category_ids, folder=folder, ctx=ctx, user=_user(ctx), **params
+    )
+    return _result(
+        version,
+        f"Hashing model v{version.version} (deep hashing) is active: held-out mAP@100 "
+        f"{100 * (version.mean_ap or 0):.1f} %. Re-index the archive so the similarity "
+        "search uses it.",
+    )
