@@ -170,6 +170,8 @@ VIVA_ES_INDEX = env("VIVA_ES_INDEX", "viva-codes")
 VIVA_ES_ALIAS = env("VIVA_ES_ALIAS", "viva-codes-current")
 VIVA_ES_NEIGHBOURS_INDEX = env("VIVA_ES_NEIGHBOURS_INDEX", "nbs-d2")
 VIVA_ES_TIMEOUT = float(env("VIVA_ES_TIMEOUT", "10"))
+# Re-rank on the cluster (stored painless script) or in VIVA (servers without scripts).
+VIVA_ES_RERANK = env("VIVA_ES_RERANK", "server")  # server | client (docs/elastichash.md)
 # Backbone features for the unsupervised (ITQ) hash codes may start from random weights
 # only when asked (tests, demo): such codes are close to meaningless.
 VIVA_HASHING_ALLOW_RANDOM = env_bool("VIVA_HASHING_ALLOW_RANDOM", False)
