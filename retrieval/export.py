@@ -16,6 +16,8 @@ zero-length segments at their time and merge under the same gap rule.
 Output: a zip with ``segments.csv`` (all videos), ``segments.json`` (grouped by video)
 and ``videos/<video id>.csv`` (one CSV per video, like the original). Columns:
 category, video id, video title, start ms, duration ms, max score, keyframes.
+Exports of a *person* add ``faces.csv``: per keyframe hit the recognised face and its
+box in keyframe pixels (:data:`FACE_COLUMNS`), so a user can find the person in the frame.
 
 **Dataset**: ``annotations.csv`` (one row per label), ``dataset.json`` (categories and
 images with their labels) and, optionally, the image files under ``images/``.
@@ -84,6 +86,23 @@ class Segment:
     @property
     def duration_ms(self) -> int:
         return self.end_ms - self.start_ms
+
+
+FACE_COLUMNS = ["image_id", "video_id", "time_ms", "face_id", "x1", "y1", "x2", "y2", "score"]
+
+
+def faces_csv(rows: Iterable[dict]) -> str:
+    """``faces.csv`` of a person export: one row per keyframe hit with its face box."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(FACE_COLUMNS)
+    for row in rows:
+        box = list(row.get("box") or [None] * 4)[:4]
+        writer.writerow(
+            [row["image_id"], row.get("video_id"), row.get("time_ms"), row["face_id"], *box]
+            + [round(float(row["score"]), 4)]
+        )
+    return out.getvalue()
 
 
 def frame_gap_ms(fps: float | None) -> int:
@@ -173,8 +192,10 @@ def write_segments_zip(
     videos: Iterable[VideoSegments],
     *,
     meta: dict,
+    extra_files: dict[str, str] | None = None,
 ) -> int:
-    """Write the segments zip atomically (temporary file, then rename); return the count."""
+    """Write the segments zip atomically (temporary file, then rename); return the count.
+    ``extra_files`` (name → text) are added as they are (``faces.csv`` of persons)."""
     tmp = path.with_suffix(".part")
     count = 0
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -207,6 +228,8 @@ def write_segments_zip(
                     ],
                 }
             )
+        for name, text in (extra_files or {}).items():
+            zf.writestr(name, text)
         zf.writestr("segments.csv", all_csv.getvalue())
         zf.writestr(
             "segments.json",

@@ -16,17 +16,19 @@ from django.urls import reverse
 
 from annotation.models import Annotation, Category
 from viva.jobs import JobContext, JobError, job_handler
-from viva.models import Image, Shot, Video
+from viva.models import Face, Image, Shot, Video
 
 from .export import (
     KeyframeRow,
     VideoSegments,
     export_dir,
+    faces_csv,
     frame_gap_ms,
     segments_of_video,
     write_dataset_zip,
     write_segments_zip,
 )
+from .models import Prediction
 from .query import Filters, parse_filters, parse_query
 from .ranking import QueryError, category_hits, combined_hits, published_run, published_runs
 
@@ -52,6 +54,7 @@ def export_segments_job(ctx: JobContext) -> dict:
     params = ctx.params
     threshold = float(params.get("threshold", 0.7))
     merge_shots = bool(params.get("merge_shots", True))
+    person_run = None
     if params.get("category_id"):
         category = Category.objects.filter(pk=params["category_id"]).first()
         if category is None:
@@ -68,6 +71,8 @@ def export_segments_job(ctx: JobContext) -> dict:
             year_to=given.year_to,
         )
         hits = category_hits(run.pk, category.pk, threshold, filters)
+        if category.kind == Category.Kind.PERSON:
+            person_run = run
     else:
         query = parse_query(QueryDict(params.get("query", "")))
         found = Category.objects.filter(pk__in=[t.category_id for t in query.terms])
@@ -132,12 +137,18 @@ def export_segments_job(ctx: JobContext) -> dict:
             )
             results.append(VideoSegments(video_id, video["title"], segments))
         ctx.progress(min(len(video_ids), (done + 1) * VIDEO_BATCH))
+    extra = {}
+    if person_run is not None:
+        extra["faces.csv"] = faces_csv(
+            _face_rows(person_run.pk, params["category_id"], by_video, time_of)
+        )
     path = export_dir(ctx.job_id) / f"segments-{ctx.job_id}.zip"
     count = write_segments_zip(
         path,
         label,
         results,
         meta={"threshold": threshold, "merge_shots": merge_shots, "keyframes": n_hits},
+        extra_files=extra,
     )
     videos = f"{len(results)} video{'s' * (len(results) != 1)}"
     summary = f"{count} segments in {videos} ({n_hits} keyframes ≥ {threshold:.0%})."
@@ -151,6 +162,27 @@ def export_segments_job(ctx: JobContext) -> dict:
         "url": reverse("retrieval:download", args=[ctx.job_id]),
         "url_label": "Download zip",
     }
+
+
+def _face_rows(run_id: int, category_id: int, by_video: dict, time_of: dict):
+    """Rows of ``faces.csv``: the recognised face (and its box) of every exported hit."""
+    video_of = {i: v for v, scores in by_video.items() for i in scores}
+    ids = sorted(video_of)
+    for batch in _batched(ids, 5000):
+        preds = Prediction.objects.filter(
+            run_id=run_id, category_id=category_id, image_id__in=batch, face__isnull=False
+        ).values_list("image_id", "face_id", "score")
+        preds = list(preds)
+        boxes = dict(Face.objects.filter(pk__in=[p[1] for p in preds]).values_list("pk", "box"))
+        for image_id, face_id, score in sorted(preds):
+            yield {
+                "image_id": image_id,
+                "video_id": video_of[image_id],
+                "time_ms": time_of.get(image_id),
+                "face_id": face_id,
+                "box": boxes.get(face_id),
+                "score": score,
+            }
 
 
 @job_handler("export_dataset", queue="io", label="dataset export")

@@ -21,15 +21,17 @@ from django.views import View
 from django.views.generic import TemplateView
 
 from annotation.grid import grid_size, parse_page_args
-from annotation.models import Category, Source
+from annotation.models import Annotation, Category, Source
 from annotation.selection import CategoryRequiredMixin, get_selected
 from annotation.views.grid import build_grid
 from viva.jobs import start_job
-from viva.models import Collection, Job
+from viva.media import media_url
+from viva.models import Collection, Face, Job
 from viva.roles import Role, RoleRequiredMixin
 from viva.views.jobs import may_control
 
 from .export import DEFAULT_THRESHOLDS, export_dir
+from .models import InferenceRun, Prediction
 from .query import DEFAULT_MIN_SCORE, OPERATORS, parse_filters, parse_query
 from .ranking import QueryError, combined_page, published_run, published_runs, ranked_page
 
@@ -44,6 +46,52 @@ def inference_url() -> str | None:
         return reverse("training:inference")
     except NoReverseMatch:
         return None
+
+
+def person_grid(grid: dict, run: InferenceRun | None, category: Category) -> dict:
+    """Turn a grid of keyframes into a grid of the *recognised faces* of a person.
+
+    Each cell shows the crop of the face the person model recognised (the keyframe stays
+    the cell's full view) and carries that face's label; labels post to
+    ``training:person_feedback`` as face annotations (source "feedback"), which the next
+    person training reads. Cells without a recognised face of this person (an OR term
+    of another category matched) keep an image key the endpoint refuses, so a label can
+    never land on the wrong face. A page without any recognised face is left as it is.
+    Two queries for faces and one for labels per page."""
+    items = grid.get("items") or []
+    image_ids = [int(i["key"]) for i in items if str(i.get("key", "")).isdigit()]
+    faces: dict[int, dict] = {}
+    if run is not None and image_ids:
+        rows = Prediction.objects.filter(
+            run=run, category=category, image_id__in=image_ids, face__isnull=False
+        ).values("image_id", "face_id")
+        by_face = {r["face_id"]: r["image_id"] for r in rows}
+        for face in Face.objects.filter(pk__in=list(by_face)).values("id", "thumbnail", "box"):
+            faces[by_face[face["id"]]] = face
+    if not faces:
+        # Predictions without a face (runs stored before faces were kept): the cells stay
+        # keyframes with image labels, saved as before.
+        return grid
+    labels = dict(
+        Annotation.objects.filter(
+            category=category, face_id__in=[f["id"] for f in faces.values()]
+        ).values_list("face_id", "value")
+    )
+    for item in items:
+        key = str(item.get("key", ""))
+        face = faces.get(int(key)) if key.isdigit() else None
+        if face is None:
+            item["key"] = f"image-{key}"
+            item["label"] = None
+            item["extra"] = (item.get("extra", "") + " · no recognised face").strip(" ·")
+            continue
+        item["key"] = str(face["id"])
+        if face["thumbnail"]:
+            item["thumb"] = media_url(face["thumbnail"])
+        item["label"] = labels.get(face["id"])
+        item["extra"] = (item.get("extra", "") + " · face").strip(" ·")
+    grid["save_url"] = reverse("training:person_feedback")
+    return grid
 
 
 def _collections() -> list[dict]:
@@ -86,6 +134,8 @@ class RankedView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             cols=cols,
             empty_message="No keyframes match these filters.",
         )
+        if category.kind == Category.Kind.PERSON:
+            ctx["grid"] = person_grid(ctx["grid"], run, category)
         return ctx
 
 
@@ -174,6 +224,8 @@ class SearchView(RoleRequiredMixin, TemplateView):
                     cols=cols,
                     empty_message="No keyframes match this query.",
                 )
+                if label_category is not None and label_category.kind == Category.Kind.PERSON:
+                    ctx["grid"] = person_grid(ctx["grid"], runs.get("person"), label_category)
                 ctx["export_url"] = (
                     reverse("retrieval:export") + "?" + urlencode({"query": query.urlencode()})
                 )

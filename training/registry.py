@@ -78,7 +78,7 @@ def _next_number(kind: str, root: Path) -> int:
 def save_version(
     *,
     kind: str = ModelVersion.Kind.CONCEPT,
-    state_dict: dict,
+    state_dict: dict | None = None,
     config: dict,
     class_map: list[dict],
     split: dict,
@@ -90,8 +90,13 @@ def save_version(
     previous: ModelVersion | None = None,
     job=None,
     activate_it: bool = True,
+    weights_file: str = WEIGHTS_FILE,
+    write_weights: Callable[[Path], None] | None = None,
 ) -> ModelVersion:
     """Write the files atomically, create the row and its evaluations, activate it.
+
+    Models that are not torch networks (the person SVM) pass ``write_weights`` (called
+    with the file's path) and their own ``weights_file`` name instead of ``state_dict``.
 
     ``evaluations``: dicts with ``category_id``, ``category_name``, ``ap``, ``n_val_pos``,
     ``n_val_neg``, ``n_val_weak``, ``pr_curve``. Raises :class:`TrainingError` with a
@@ -104,7 +109,7 @@ def save_version(
         root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=root))
         files: dict[str, Callable[[Path], None]] = {
-            WEIGHTS_FILE: lambda p: _save_weights(state_dict, p),
+            weights_file: write_weights or (lambda p: _save_weights(state_dict, p)),
             "config.json": lambda p: _write_json(p, config),
             "classes.json": lambda p: _write_json(p, class_map),
             "split.json": lambda p: _write_json(p, split),
@@ -123,7 +128,7 @@ def save_version(
                 kind=kind,
                 version=number,
                 directory=rel,
-                weights_path=f"{rel}/{WEIGHTS_FILE}",
+                weights_path=f"{rel}/{weights_file}",
                 config=config,
                 train_config=train_config or {},
                 class_map=class_map,

@@ -28,9 +28,13 @@ def _curve(evaluation) -> dict | None:
     return {"precision": curve["precision"], "recall": curve["recall"]}
 
 
+KINDS = {"concept": "concept", "person": "person"}
+
+
 class EvaluationView(RoleRequiredMixin, TemplateView):
     """``?version=N`` (default: the newest) against ``?baseline=M`` (default: the version
-    that was active when N was trained, else the next older one).
+    that was active when N was trained, else the next older one). ``?kind=person``
+    shows person models (per-person AP from cross-validation); the default is concepts.
 
     The numbers are the :class:`training.models.Evaluation` rows the trainer stored
     (scikit-learn's ``average_precision_score`` on each version's own validation split),
@@ -41,17 +45,19 @@ class EvaluationView(RoleRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
-        versions = list(list_versions())
+        kind = KINDS.get(self.request.GET.get("kind", ""), "concept")
+        versions = list(list_versions(kind))
         ctx["versions"] = versions
+        ctx["kind"] = kind
         if not versions:
             return ctx
         number = _number(self.request, "version")
-        version = queries.get_version(number) if number is not None else versions[0]
+        version = queries.get_version(number, kind) if number is not None else versions[0]
         if version is None:
             raise Http404("No such model version.")
         base_number = _number(self.request, "baseline")
         if base_number is not None:
-            baseline = queries.get_version(base_number)
+            baseline = queries.get_version(base_number, kind)
             if baseline is None or baseline.pk == version.pk:
                 raise Http404("No such baseline version.")
         else:

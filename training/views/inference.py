@@ -28,10 +28,12 @@ from retrieval.inference import (
     unfinished_run,
 )
 from retrieval.models import InferenceRun
+from retrieval.persons import inference as person_inference
 from viva.models import Collection, Image, Job
 from viva.roles import Role, RoleRequiredMixin
 
 from ..devices import list_devices
+from ..models import ModelVersion
 from ..registry import active_version
 from .common import gib
 
@@ -168,10 +170,41 @@ class InferenceView(RoleRequiredMixin, TemplateView):
             current_active=bool(current and active_jobs(current).exists()),
             published=published_run(),
             jobs=jobs[:10],
+            **self._persons(),
         )
         return ctx
 
+    @staticmethod
+    def _persons() -> dict:
+        """The "recognise persons" section: the active person model, its threshold, and
+        the latest person inference job."""
+        version = active_version(ModelVersion.Kind.PERSON)
+        job = (
+            Job.objects.filter(kind=person_inference.JOB_KIND)
+            .select_related("created_by")
+            .order_by("-created_at")
+            .first()
+        )
+        return {
+            "person_active": version,
+            "person_threshold": (version.config or {}).get("threshold") if version else None,
+            "person_job": job,
+            "person_published": published_run(ModelVersion.Kind.PERSON),
+            "person_faces": person_inference.archive_faces().count() if version else 0,
+        }
+
     def post(self, request, *args, **kwargs):
+        if request.POST.get("action") == "persons":
+            try:
+                job = person_inference.start_person_inference(request.user)
+            except InferenceRefused as exc:
+                messages.error(request, f"Person recognition was not started: {exc}")
+                return self.render_to_response(self.get_context_data(), status=200)
+            messages.success(
+                request,
+                f"Person recognition over the archive's faces started (job {job.pk}).",
+            )
+            return HttpResponseRedirect(reverse("training:inference") + "#persons")
         devices = list_devices()
         form = InferenceForm(request.POST, devices=devices, collections=self._collections())
         if form.is_valid():
