@@ -123,14 +123,25 @@ def _metadata_q(filters: Filters, prefix: str) -> Q:
     return q
 
 
-def ranked_queryset(run_id: int, category_id: int, filters: Filters) -> QuerySet:
-    """Predictions of one category in one run, filtered (not ordered)."""
+def ranked_queryset(
+    run_id: int, category_id: int, filters: Filters, *, face_labels: bool = False
+) -> QuerySet:
+    """Predictions of one category in one run, filtered (not ordered).
+
+    ``face_labels``: a person's results are labelled on their recognised face, so "hide
+    labelled" looks at the face's label instead of the image's.
+    """
     qs = Prediction.objects.filter(run_id=run_id, category_id=category_id)
     if filters.min_score is not None:
         qs = qs.filter(score__gte=filters.min_score)
     if filters.needs_metadata:
         qs = qs.filter(_metadata_q(filters, "image__"))
-    if filters.hide_labelled:
+    if filters.hide_labelled and face_labels:
+        labelled_face = Annotation.objects.filter(
+            category_id=category_id, face_id=OuterRef("face_id")
+        )
+        qs = qs.filter(~Exists(labelled_face))
+    elif filters.hide_labelled:
         qs = qs.filter(~_unlabelled(category_id, "image_id"))
     if filters.group_by_shot:
         better = Prediction.objects.filter(
@@ -183,7 +194,9 @@ def ranked_page(
     after: str | None = None,
 ) -> GridPage:
     """One grid page of the category's ranked keyframes (see the module docstring)."""
-    qs = ranked_queryset(run.pk, category.pk, filters)
+    qs = ranked_queryset(
+        run.pk, category.pk, filters, face_labels=category.kind == Category.Kind.PERSON
+    )
     key = f"viva:retrieval:count:{run.pk}:{category.pk}:{_digest(filters)}"
     if filters.needs_metadata or filters.hide_labelled or filters.group_by_shot:
         total, approximate = _capped_count(qs, key)

@@ -175,3 +175,34 @@ def test_person_export_has_face_boxes(archive, users, django_capture_on_commit_c
     row = next(r for r in rows if int(r["image_id"]) == first.image_id)
     assert int(row["face_id"]) == first.face_id
     assert [int(row[k]) for k in ("x1", "y1", "x2", "y2")] == Face.objects.get(pk=first.face_id).box
+
+
+def test_hide_labelled_hides_results_whose_face_is_labelled(archive):
+    """A person's results are labelled on their face: "hide labelled" looks at the face."""
+    from retrieval.ranking import Filters, ranked_queryset
+
+    ada = archive.persons["Ada"]
+    run = InferenceRun.objects.get(kind="person", is_published=True)
+    already = Annotation.objects.filter(category=ada, face__isnull=False).values("face_id")
+    rows = list(
+        Prediction.objects.filter(run=run, category=ada)
+        .exclude(face=None)
+        .exclude(face_id__in=already)
+    )
+    assert len(rows) >= 2
+    labelled = rows[0]
+    Annotation.objects.create(
+        image_id=labelled.image_id,
+        face_id=labelled.face_id,
+        category=ada,
+        value=Label.POSITIVE,
+        source=Source.FEEDBACK,
+        updated_at=labelled.run.created_at,
+    )
+    hidden = ranked_queryset(run.pk, ada.pk, Filters(hide_labelled=True), face_labels=True)
+    ids = set(hidden.values_list("pk", flat=True))
+    assert labelled.pk not in ids
+    assert {r.pk for r in rows[1:]} <= ids
+    # By image, the labelled face's keyframe would still be listed.
+    by_image = ranked_queryset(run.pk, ada.pk, Filters(hide_labelled=True))
+    assert labelled.pk in set(by_image.values_list("pk", flat=True))
