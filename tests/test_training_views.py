@@ -461,3 +461,22 @@ def test_evaluation_of_an_older_version_and_other_baseline(client_for, models_di
 def test_evaluation_without_versions(client_for):
     html = client_for("trainer").get(reverse("training:evaluation")).content.decode()
     assert "No concept model has been trained yet" in html
+
+
+def test_models_page_lists_person_versions_separately(client_for, models_dir):
+    concepts = [Category.objects.create(name="bakery")]
+    make_version(concepts, 1)
+    person = ModelVersion.objects.create(
+        kind=ModelVersion.Kind.PERSON,
+        version=7,
+        directory="person/7",
+        weights_path="person/7/svm.joblib",
+        class_map=[{"index": 0, "id": 1, "name": "Ada"}],
+        mean_ap=0.9,
+    )
+    client = client_for("trainer")
+    html = client.get(reverse("training:models")).content.decode()
+    assert "v7" not in html
+    html = client.get(reverse("training:models") + "?kind=person").content.decode()
+    assert "v7" in html and "the person model" in html
+    assert reverse("training:activate", args=[person.pk]) in html

@@ -1,9 +1,11 @@
-"""The model registry page: every concept model version, and activating an older one."""
+"""The model registry page: every concept (or person) model version, and activating an
+older one. ``?kind=person`` lists the person recognisers."""
 
 from __future__ import annotations
 
 from django.contrib import messages
 from django.shortcuts import get_object_or_404, redirect
+from django.urls import reverse
 from django.views import View
 from django.views.generic import TemplateView
 
@@ -33,14 +35,21 @@ class ModelListView(RoleRequiredMixin, TemplateView):
 
     def get_context_data(self, **kwargs):
         ctx = super().get_context_data(**kwargs)
-        versions = list(list_versions().select_related("job", "previous"))
+        kind = _kind(self.request.GET.get("kind"))
+        versions = list(list_versions(kind).select_related("job", "previous"))
         for v in versions:
             v.map_text = pct(v.mean_ap)
             v.setup_text = _setup(v)
             source = v.weights_source or {}
             v.weights_text = source.get("description") or source.get("source") or "—"
         ctx["versions"] = versions
+        ctx["kind"] = kind
         return ctx
+
+
+def _kind(raw: str | None) -> str:
+    person = ModelVersion.Kind.PERSON
+    return person if raw == person else ModelVersion.Kind.CONCEPT
 
 
 class ActivateVersionView(RoleRequiredMixin, View):
@@ -57,7 +66,8 @@ class ActivateVersionView(RoleRequiredMixin, View):
         else:
             messages.success(
                 request,
-                f"v{version.version} is now the active concept model (validation "
+                f"v{version.version} is now the active {version.kind} model (validation "
                 f"mAP {pct(version.mean_ap)}); inference and retrieval use it from now on.",
             )
-        return redirect("training:models")
+        url = reverse("training:models")
+        return redirect(url + ("?kind=person" if version.kind == ModelVersion.Kind.PERSON else ""))
