@@ -8,6 +8,7 @@ import pytest
 from retrieval.hashing import service
 from retrieval.hashing.encoder import load_encoder
 from retrieval.hashing.jobs import fit_hash_codes_job
+from retrieval.models import HashCode
 from tests.conftest import wait_for
 from tests.test_grid_views import make_stills
 from training.models import ModelVersion
@@ -40,8 +41,16 @@ def test_fit_job_through_a_worker(celery_worker, users, tmp_path):
     assert version.config["method"] == "itq"
     assert len(version.config["permutation"]) == 256
     assert done.result["model_version_id"] == version.pk
-    assert "Re-index the archive" in done.result["summary"]
+    assert "being indexed" in done.result["summary"]
     assert "random" in done.log_tail  # the log says which weights the backbone started from
+
+    # A new hashing model indexes the archive with it (a separate job, same worker).
+    indexed = wait_for(
+        lambda: Job.objects.filter(kind="index_images", status__in=Job.FINISHED).first(),
+        timeout=120,
+    )
+    assert indexed.status == Job.Status.SUCCEEDED, indexed.error
+    assert HashCode.objects.filter(version=version).count() == 8
 
     encoder = load_encoder()
     assert encoder.version.pk == version.pk

@@ -127,6 +127,7 @@ class DemoReport:
     admin_password: str | None = None
     user_passwords: dict[str, str] | None = None
     worker_job_id: int | None = None
+    index_job_id: int | None = None
 
 
 # --- jobs run in this process ---------------------------------------------------------------
@@ -336,6 +337,16 @@ def build_demo(
         # page shows a live progress bar on the first visit and proves the worker runs.
         job = start_job("worker_check", {"steps": 30, "delay": 0.2}, title="Worker check (demo)")
         report.worker_job_id = job.pk
+        # Similarity search out of the box: unsupervised hash codes, then the index. The
+        # demo asks for a randomly initialised backbone (no weights can be downloaded
+        # offline); the "Hash codes" page says so, and fitting again with ImageNet weights
+        # installed replaces it.
+        job = start_job(
+            "index_images",
+            {"fit_if_missing": True, "init": "random", "sample_size": 2000},
+            title="Similarity index (demo)",
+        )
+        report.index_job_id = job.pk
     return report
 
 

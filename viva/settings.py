@@ -14,6 +14,12 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+# FAISS (OpenMP) threads must sleep between searches instead of spinning: spinning threads
+# took a core from everything else in the web process and the worker (measured: a 2 ms
+# search became 190 ms right after another one; docs/similarity-search.md). Set before
+# anything imports faiss.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 

@@ -11,6 +11,7 @@ from rest_framework import routers
 
 from annotation import api as annotation_api
 from retrieval import api as retrieval_api
+from retrieval.search import api as similarity_api
 from training import api as training_api
 
 from . import api
@@ -42,6 +43,7 @@ api_patterns = [
     path("retrieval/", retrieval_api.RetrievalView.as_view(), name="api-retrieval"),
     path("search/", retrieval_api.SearchView.as_view(), name="api-search"),
     path("classify/", training_api.ClassifyView.as_view(), name="api-classify"),
+    path("similar/", similarity_api.SimilarView.as_view(), name="api-similar"),
 ]
 
 

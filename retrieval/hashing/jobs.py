@@ -8,7 +8,7 @@ job cached (ITQ feature chunks, deep hashing epoch checkpoints).
 
 from __future__ import annotations
 
-from viva.jobs import JobContext, job_handler
+from viva.jobs import JobContext, job_handler, start_job
 
 FIT_JOB = "fit_hash_codes"
 TRAIN_JOB = "train_hashing"
@@ -59,12 +59,20 @@ def fit_hash_codes_job(ctx: JobContext) -> dict:
         return done
     options = {k: ctx.params[k] for k in FIT_OPTIONS if ctx.params.get(k) is not None}
     version = fit_itq_model(ctx=ctx, user=_user(ctx), **options)
+    _index_archive(ctx, version)
     return _result(
         version,
         f"Hashing model v{version.version} (unsupervised ITQ codes from "
-        f"{version.metrics.get('sample_images')} archive images) is active. Re-index the "
-        "archive so the similarity search uses it.",
+        f"{version.metrics.get('sample_images')} archive images) is active; the archive "
+        "is being indexed with it (a separate job).",
     )
+
+
+def _index_archive(ctx: JobContext, version) -> None:
+    """A new active hashing model makes the old codes useless: index the archive with it
+    (the indexing job only encodes images without a code of the active model)."""
+    job = start_job("index_images", {}, user=_user(ctx), title=f"Similarity index ({version})")
+    ctx.log(f"Started job #{job.pk} to index the archive with {version}.")
 
 
 @job_handler(TRAIN_JOB, queue="gpu", label="deep hashing training")
@@ -79,9 +87,10 @@ def train_hashing_job(ctx: JobContext) -> dict:
     version = train_hashing_model(
         category_ids=category_ids, folder=folder, ctx=ctx, user=_user(ctx), **params
     )
+    _index_archive(ctx, version)
     return _result(
         version,
         f"Hashing model v{version.version} (deep hashing) is active: held-out mAP@100 "
-        f"{100 * (version.mean_ap or 0):.1f} %. Re-index the archive so the similarity "
-        "search uses it.",
+        f"{100 * (version.mean_ap or 0):.1f} %; the archive is being indexed with it "
+        "(a separate job).",
     )

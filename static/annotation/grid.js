@@ -150,7 +150,8 @@
       it.video ? el("span", { class: "vcell-play", title: "Play the shot (space)", "aria-hidden": "true", text: "▶" }) : null,
     ]);
     const links = [];
-    if (it.similar_url) links.push(el("a", { href: it.similar_url, class: "vcell-link", title: "Find similar images", text: "≈" }));
+    const similar = similarHref(it);
+    if (similar) links.push(el("a", { href: similar, class: "vcell-link vcell-similar", title: "Find similar images (m)", "aria-label": "Find similar images", text: "≈" }));
     if (it.link) links.push(el("a", { href: it.link, class: "vcell-link", title: "Open in the archive", target: "_blank", rel: "noopener", text: "↗" }));
     const caption = el("figcaption", {}, [
       el("span", { class: "vcell-caption", title: it.caption || "", text: it.caption || "" }),
@@ -165,6 +166,28 @@
     media.addEventListener("click", (e) => onCellClick(e, i));
     links.forEach((a) => a.addEventListener("click", (e) => e.stopPropagation()));
     return cell;
+  }
+
+  // The item's "similar" link, sent to the page the template chose (data-similar-url:
+  // the researcher's search on retrieval pages, the acquisition page elsewhere).
+  function similarHref(it) {
+    if (!it.similar_url) return "";
+    const base = root.dataset.similarUrl;
+    if (!base) return it.similar_url;
+    const url = new URL(it.similar_url, window.location.href);
+    return base + url.search;
+  }
+
+  function findSimilar(i) {
+    const it = items[i];
+    const href = it && similarHref(it);
+    if (!href) {
+      flash("This item has no similar-image search.");
+      return;
+    }
+    const n = readonly ? 0 : dirtyKeys().length;
+    if (n && !window.confirm(`${n} unsaved label(s) on this page will be lost. Search similar images anyway?`)) return;
+    navigate(href);
   }
 
   function paint(i) {
@@ -531,6 +554,7 @@
     ["s", "save and go to the next page"],
     ["d", "next page without saving (asks if labels are unsaved)"],
     ["f / shift+click", "full-screen view of the image (Esc closes)"],
+    ["m / ≈", "find images similar to the cursor image"],
     ["space", "play the shot of a keyframe"],
     ["?", "show or hide this list"],
   ];
@@ -605,6 +629,7 @@
       s: () => (readonly ? goNext(false) : save(true)),
       d: skipPage,
       f: () => items.length && openViewer(cursor, false),
+      m: () => items.length && findSimilar(cursor),
       " ": () => items.length && openViewer(cursor, true),
       "?": toggleHelp,
       Escape: hideBanner,

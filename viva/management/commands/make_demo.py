@@ -52,6 +52,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"Queued job #{report.worker_job_id} (worker check); a running worker picks it up."
             )
+        if report.index_job_id:
+            self.stdout.write(
+                f"Queued job #{report.index_job_id}: hash codes and the similarity index of "
+                "the demo archive."
+            )
         passwords = {}
         if report.admin_password:
             passwords[DEMO_ADMIN] = report.admin_password
