@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,9 +252,9 @@ def test_archive_image_with_several_faces_offers_a_choice(client_for, archive_fa
     assert chosen.status_code == 302 and "?face=" in chosen["Location"]
 
 
-def test_archive_image_without_faces_offers_whole_image_search(client_for, archive_faces):
+def test_archive_image_without_faces_offers_whole_image_search(client_for, archive_faces, tmp_path):
     client = client_for("researcher")
-    blank = make_stills(1, Path(archive_faces[0][0].image.file).parent, start=50)[0]
+    blank = make_stills(1, tmp_path / "src", start=50)[0]
     blank.faces_scanned_at = timezone.now()
     blank.save(update_fields=["faces_scanned_at"])
     response = client.get(reverse("retrieval:faces"), {"image": blank.pk})
@@ -325,11 +324,13 @@ def test_upload_with_two_faces_then_choose_one(client_for, archive_faces, monkey
     assert shown[0] == faces[3].pk and set(shown[:8]) == same
 
 
-def test_unscanned_archive_image_is_analysed_on_the_fly(client_for, archive_faces, monkeypatch):
+def test_unscanned_archive_image_is_analysed_on_the_fly(
+    client_for, archive_faces, monkeypatch, tmp_path
+):
     import training.faces.pipeline as pipeline
 
     faces, labels = archive_faces
-    fresh = make_stills(1, Path(faces[0].image.file).parent, start=60)[0]
+    fresh = make_stills(1, tmp_path / "src", start=60)[0]
     target = Face.unpack_embeddings([faces[5].embedding])[0]
     seen = []
 

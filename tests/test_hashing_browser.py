@@ -42,6 +42,6 @@ def test_fit_codes_from_the_page(page, live_server, celery_worker, users, tmp_pa
     assert f"v{version.version}" in active and "unsupervised" in active
     assert "has to be (re)indexed" in active
     assert page.locator("#run [data-field=status]").inner_text() == "Succeeded"
-    assert "Re-index the archive" in page.locator("#run [data-field=summary]").inner_text()
+    assert "being indexed" in page.locator("#run [data-field=summary]").inner_text()
     screenshot(page, "hashing-after-fit", full_page=True)
     assert page.viva_errors == []
