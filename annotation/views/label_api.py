@@ -28,7 +28,7 @@ from django.views import View
 from viva.roles import Role, RoleRequiredMixin
 
 from ..grid import save_grid_size
-from ..labels import MAX_BATCH, LabelError, parse_value, save_labels
+from ..labels import MAX_BATCH, LabelError, parse_value, save_face_labels, save_labels
 from ..models import Source
 
 logger = logging.getLogger(__name__)
@@ -85,6 +85,60 @@ def read_grid_payload(request: HttpRequest, max_labels: int) -> tuple[dict, list
     return payload, labels
 
 
+def save_batch(labels: list, category_id: int, user, source: str, *, faces: bool) -> JsonResponse:
+    """Save a checked ``labels`` list (keys = image ids, or face ids when ``faces``) and
+    answer with the grid contract: per-key rejections, the labels as saved, and a message
+    for the user when the whole batch failed (the page keeps the labels for a retry)."""
+    what = "face" if faces else "image"
+    rejected: list[dict] = []
+    changes: list[tuple[int, int | None]] = []
+    keys: dict[int, str] = {}
+    for entry in labels:
+        key = str(entry["key"])
+        try:
+            item_id = int(key)
+        except ValueError:
+            rejected.append(
+                {"key": key, "error": "Not a face." if faces else "Not an archive image."}
+            )
+            continue
+        try:
+            value = parse_value(entry.get("value"))
+        except LabelError as exc:
+            rejected.append({"key": key, "error": str(exc)})
+            continue
+        changes.append((item_id, value))
+        keys[item_id] = key
+
+    save = save_face_labels if faces else save_labels
+    try:
+        result = save(category_id, changes, user=user, source=source)
+    except LabelError as exc:
+        # The category was deleted meanwhile (or the batch is too large).
+        message = str(exc)
+        return error(message.replace("category", "person") if faces else message, 409)
+    except IntegrityError:
+        return error(
+            f"Another annotator saved the same {what}s at the same moment; please save again.",
+            409,
+        )
+    except OperationalError:
+        logger.warning("saving %s labels: database busy", what, exc_info=True)
+        return error("The database is busy; your labels are kept — please retry.", 503)
+    except DatabaseError:
+        logger.exception("saving %s labels failed", what)
+        return error("The labels could not be saved (database error); please retry.", 500)
+
+    for item in result.rejected:
+        item_id = item[what]
+        rejected.append({"key": keys.get(item_id, str(item_id)), "error": item["error"]})
+    bad = {r["key"] for r in rejected}
+    data = result.as_dict()
+    data["rejected"] = rejected
+    data["labels"] = {keys[i]: v for i, v in changes if keys[i] not in bad}
+    return JsonResponse(data)
+
+
 class SaveLabelsView(JsonRoleMixin, View):
     """``annotation:save_labels``: a batch of archive-image labels (keys are image ids)."""
 
@@ -103,49 +157,7 @@ class SaveLabelsView(JsonRoleMixin, View):
         if source not in CLIENT_SOURCES:
             return error(f"Unknown source {source!r}.", 400)
 
-        rejected: list[dict] = []
-        changes: list[tuple[int, int | None]] = []
-        keys: dict[int, str] = {}
-        for entry in labels:
-            key = str(entry["key"])
-            try:
-                image_id = int(key)
-            except ValueError:
-                rejected.append({"key": key, "error": "Not an archive image."})
-                continue
-            try:
-                value = parse_value(entry.get("value"))
-            except LabelError as exc:
-                rejected.append({"key": key, "error": str(exc)})
-                continue
-            changes.append((image_id, value))
-            keys[image_id] = key
-
-        try:
-            result = save_labels(category_id, changes, user=request.user, source=source)
-        except LabelError as exc:
-            # The category was deleted meanwhile (or the batch is too large).
-            return error(str(exc), 409)
-        except IntegrityError:
-            return error(
-                "Another annotator saved the same images at the same moment; please save again.",
-                409,
-            )
-        except OperationalError:
-            logger.warning("save_labels: database busy", exc_info=True)
-            return error("The database is busy; your labels are kept — please retry.", 503)
-        except DatabaseError:
-            logger.exception("save_labels failed")
-            return error("The labels could not be saved (database error); please retry.", 500)
-
-        for item in result.rejected:
-            image_id = item["image"]
-            rejected.append({"key": keys.get(image_id, str(image_id)), "error": item["error"]})
-        bad = {r["key"] for r in rejected}
-        data = result.as_dict()
-        data["rejected"] = rejected
-        data["labels"] = {keys[i]: v for i, v in changes if keys[i] not in bad}
-        return JsonResponse(data)
+        return save_batch(labels, category_id, request.user, source, faces=False)
 
 
 class GridPrefsView(JsonRoleMixin, View):

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
-from django.db import DatabaseError, IntegrityError, OperationalError
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from django.views import View
@@ -44,11 +44,18 @@ from ..clustering import (
 )
 from ..face_grid import face_label_counts, face_review_page, faces_page
 from ..grid import GridSpec, grid_size, page_links, parse_page_args
-from ..labels import MAX_BATCH, LabelError, parse_value, save_face_labels
+from ..labels import MAX_BATCH, LabelError, parse_value
 from ..models import Category, FaceCluster, Label, Source
 from ..selection import get_selected, set_selected
 from .grid import acquisition_links
-from .label_api import CLIENT_SOURCES, BadPayload, JsonRoleMixin, error, read_grid_payload
+from .label_api import (
+    CLIENT_SOURCES,
+    BadPayload,
+    JsonRoleMixin,
+    error,
+    read_grid_payload,
+    save_batch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -527,44 +534,4 @@ class SaveFaceLabelsView(JsonRoleMixin, View):
         if source not in CLIENT_SOURCES:
             return error(f"Unknown source {source!r}.", 400)
 
-        rejected: list[dict] = []
-        changes: list[tuple[int, int | None]] = []
-        keys: dict[int, str] = {}
-        for entry in labels:
-            key = str(entry["key"])
-            face_id = _int(key)
-            if face_id is None:
-                rejected.append({"key": key, "error": "Not a face."})
-                continue
-            try:
-                value = parse_value(entry.get("value"))
-            except LabelError as exc:
-                rejected.append({"key": key, "error": str(exc)})
-                continue
-            changes.append((face_id, value))
-            keys[face_id] = key
-
-        try:
-            result = save_face_labels(category_id, changes, user=request.user, source=source)
-        except LabelError as exc:
-            return error(str(exc).replace("category", "person"), 409)
-        except IntegrityError:
-            return error(
-                "Another annotator saved the same faces at the same moment; please save again.",
-                409,
-            )
-        except OperationalError:
-            logger.warning("save_face_labels: database busy", exc_info=True)
-            return error("The database is busy; your labels are kept — please retry.", 503)
-        except DatabaseError:
-            logger.exception("save_face_labels failed")
-            return error("The labels could not be saved (database error); please retry.", 500)
-
-        for item in result.rejected:
-            face_id = item["face"]
-            rejected.append({"key": keys.get(face_id, str(face_id)), "error": item["error"]})
-        bad = {r["key"] for r in rejected}
-        data = result.as_dict()
-        data["rejected"] = rejected
-        data["labels"] = {keys[i]: v for i, v in changes if keys[i] not in bad}
-        return JsonResponse(data)
+        return save_batch(labels, category_id, request.user, source, faces=True)
