@@ -560,9 +560,11 @@ class IncomingImage:
     url: str = ""
 
     def to_pil(self) -> PILImage.Image:
+        """The decoded picture, upright: EXIF orientation applied (phones store portraits
+        sideways and rely on it), so faces are searched the way people see the photo."""
         image = PILImage.open(io.BytesIO(self.content))
         image.load()
-        return image
+        return ImageOps.exif_transpose(image) or image
 
 
 def check_uploaded_bytes(content: bytes, name: str) -> IncomingImage:

@@ -20,7 +20,7 @@ from training.faces.pipeline import index_faces
 from viva.ingest.importer import import_image
 from viva.jobs import run_job
 from viva.media import media_path
-from viva.models import Collection, Face, Image, Job
+from viva.models import Collection, Face, Image, Job, Video
 from viva.signals import images_added
 
 
@@ -55,9 +55,11 @@ def test_index_faces_stores_faces_and_is_idempotent(tmp_path):
     imgs = pictures(tmp_path)
     ids = [i.pk for i in imgs.values()]
     stats = index_faces(ids)
-    assert stats["scanned"] == 4 and stats["faces"] == 2 and stats["unreadable"] == 1
+    assert stats["scanned"] == 3 and stats["faces"] == 2 and stats["unreadable"] == 1
     assert stats["skipped"] == 0 and stats["faces_per_s"] > 0
-    assert not Image.objects.filter(pk__in=ids, faces_scanned_at__isnull=True).exists()
+    # The broken file stays unscanned: a later job tries it again.
+    unscanned = Image.objects.filter(pk__in=ids, faces_scanned_at__isnull=True)
+    assert list(unscanned.values_list("pk", flat=True)) == [imgs["broken"].pk]
     faces = list(Face.objects.order_by("image_id"))
     assert [f.image_id for f in faces] == [imgs["astronaut"].pk, imgs["camera"].pk]
     for face in faces:
@@ -70,7 +72,8 @@ def test_index_faces_stores_faces_and_is_idempotent(tmp_path):
             assert thumb.size == (160, 160)
     # Twice: nothing new.
     again = index_faces(ids)
-    assert again["skipped"] == 4 and again["faces"] == 0 and Face.objects.count() == 2
+    assert again["skipped"] == 3 and again["unreadable"] == 1
+    assert again["faces"] == 0 and Face.objects.count() == 2
 
 
 @pytest.mark.django_db
@@ -112,7 +115,8 @@ def test_job_is_chunked_and_resumable(tmp_path, users, monkeypatch):
     assert job.kind == "index_faces" and job.queue == "gpu" and job.params == {}
     assert run_job(job.pk) == Job.Status.SUCCEEDED
     job.refresh_from_db()
-    assert job.result["scanned"] == 3 and job.result["faces"] == 2
+    assert job.result["scanned"] == 2 and job.result["faces"] == 2
+    assert job.result["unreadable"] == 1
     assert job.progress == job.total == 4
     assert len(job.metrics["faces/s"]) == 3 and len(job.metrics["images/s"]) == 3
     assert "could not be read" in job.log_tail and "RANDOM weights" in job.log_tail
@@ -122,7 +126,7 @@ def test_job_is_chunked_and_resumable(tmp_path, users, monkeypatch):
     )
     assert run_job(rescan.pk) == Job.Status.SUCCEEDED
     rescan.refresh_from_db()
-    assert rescan.result["scanned"] == 4 and Face.objects.count() == 2
+    assert rescan.result["scanned"] == 3 and Face.objects.count() == 2
     # Only some images.
     some = face_jobs.start_face_indexing(image_ids=[imgs["camera"].pk])
     assert run_job(some.pk) == Job.Status.SUCCEEDED
@@ -157,7 +161,20 @@ def test_arriving_images_start_background_detection(tmp_path):
     images_added.send(sender=None, image_ids=ids, category_id=person.pk, source="crawler")
     job = Job.objects.get(kind="index_faces")
     assert job.params["image_ids"] == sorted(ids)
-    index_faces([imgs["coffee"].pk])  # now the archive has been face-indexed
+    # An archive keyframe gets face-indexed: now the archive has been face-indexed.
+    video = Video.objects.create(
+        collection=imgs["coffee"].collection,
+        title="News",
+        file="videos/news.mp4",
+        sha256="2" * 64,
+        fps=25,
+        n_frames=10,
+        duration_ms=400,
+        width=64,
+        height=64,
+    )
+    Image.objects.filter(pk=imgs["coffee"].pk).update(video=video, frame=0)
+    index_faces([imgs["coffee"].pk])
     images_added.send(sender=None, image_ids=ids[:1], category_id=None, source="import")
     assert Job.objects.filter(kind="index_faces").count() == 2
 
@@ -211,7 +228,8 @@ def test_index_job_through_a_real_worker(celery_worker, tmp_path, users):
         lambda: Job.objects.filter(pk=job.pk, status__in=Job.FINISHED).first(), timeout=180
     )
     assert done.status == Job.Status.SUCCEEDED, (done.error, done.log_tail)
-    assert done.result["scanned"] == 4 and done.result["faces"] == 2
+    assert done.result["scanned"] == 3 and done.result["faces"] == 2
+    assert done.result["unreadable"] == 1
     assert done.device == "cpu" and done.metrics["faces/s"][0][1] > 0
     assert Face.objects.filter(image=imgs["astronaut"]).count() == 1
-    assert not Image.objects.filter(faces_scanned_at__isnull=True).exists()
+    assert list(Image.objects.filter(faces_scanned_at__isnull=True)) == [imgs["broken"]]

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from annotation.acquisition import IncomingImage, load_results, save_results
 from viva.media import media_path
@@ -100,8 +101,16 @@ def size_problem(width: int, height: int) -> str:
 
 def analyse(picture: PILImage.Image) -> tuple[list[QueryFace], str]:
     """Detect, check and embed every face of ``picture``; raises FaceQueryError."""
+    from training.faces.embed import embedder_source, install_advice
     from training.faces.pipeline import FaceModelUnavailable, analyse_image, describe_results
 
+    if embedder_source() == "missing":
+        # Never download weights inside a web request (minutes, or a hang when offline);
+        # the indexing job in the worker may download them.
+        raise FaceQueryError(
+            "Searching by face is not possible: there are no face-recognition weights on "
+            f"this machine. To enable it, {install_advice()}."
+        )
     try:
         results = analyse_image(picture, embed=True)
     except FaceModelUnavailable as exc:
@@ -179,9 +188,11 @@ def from_image(image: Image) -> FaceQuery:
         raise FaceQueryError(problem)
     try:
         with PILImage.open(media_path(image.file)) as handle:
-            picture = handle.convert("RGB")
+            # Upright, as the face index reads it (EXIF orientation applied).
+            picture = (ImageOps.exif_transpose(handle) or handle).convert("RGB")
     except (OSError, ValueError) as exc:
         raise FaceQueryError(f"The image file cannot be read ({exc}).") from exc
+    query.width, query.height = picture.size  # the boxes are in the upright picture
     query.faces, query.message = analyse(picture)
     return query
 

@@ -104,7 +104,17 @@ def index_faces_job(ctx: JobContext) -> dict:
         f"{' (rescan)' if rescan_before else ''}; embeddings from "
         f"{_weights_text(embedder_source())}."
     )
-    totals = {"scanned": 0, "faces": 0, "rejected": 0, "unreadable": 0, "kept": 0, "seconds": 0.0}
+    totals = {
+        "scanned": 0,
+        "faces": 0,
+        "rejected": 0,
+        "unreadable": 0,
+        "too_large": 0,
+        "kept": 0,
+        "reembedded": 0,
+        "predictions_dropped": 0,
+        "seconds": 0.0,
+    }
     last_id = 0
     chunk_no = 0
     while True:
@@ -115,7 +125,13 @@ def index_faces_job(ctx: JobContext) -> dict:
         last_id = ids[-1]
         chunk_no += 1
         ctx.note = f"Scanning images {ids[0]}–{ids[-1]} …"
-        stats = index_faces(ids, ctx=ctx, rescan=rescan_before is not None, device=device)
+        stats = index_faces(
+            ids,
+            ctx=ctx,
+            rescan=rescan_before is not None,
+            rescan_before=rescan_before,
+            device=device,
+        )
         for key in totals:
             totals[key] += stats[key]
         elapsed = round(totals["seconds"], 2)
@@ -128,7 +144,8 @@ def index_faces_job(ctx: JobContext) -> dict:
     summary = (
         f"Scanned {totals['scanned']} images in {chunk_no} chunk(s): {totals['faces']} faces "
         f"stored, {totals['rejected']} below the quality filters, {totals['unreadable']} "
-        f"unreadable files ({ips:.1f} images/s, {fps:.1f} faces/s)."
+        f"unreadable and {totals['too_large']} too large files (left unscanned)"
+        f"{_kept_text(totals)} ({ips:.1f} images/s, {fps:.1f} faces/s)."
     )
     ctx.log(summary)
     return {
@@ -140,6 +157,12 @@ def index_faces_job(ctx: JobContext) -> dict:
         "images_per_s": round(ips, 3),
         "embedder": embedder_source(),
     }
+
+
+def _kept_text(totals: dict) -> str:
+    if not totals["kept"]:
+        return ""
+    return f"; {totals['kept']} labelled faces kept, {totals['reembedded']} of them embedded again"
 
 
 def _weights_text(source: str) -> str:

@@ -9,7 +9,8 @@ Two entry points:
 * :func:`index_faces` for images of the archive: reads their files in a thread pool
   overlapped with detection and embedding, stores ``Face`` rows with thumbnails and
   float16 embeddings, and marks each image scanned (``Image.faces_scanned_at``), also
-  when it has no face — that is what makes the indexing job resumable.
+  when it has no face — that is what makes the indexing job resumable. Files that
+  cannot be read stay unscanned, so a later job tries them again.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 from .align import CROP_SIZE, align_face
 from .detect import detect_batch
@@ -163,12 +165,15 @@ def analyse_image(image: PILImage.Image, *, embed: bool = True) -> list[FaceResu
 @dataclass
 class IndexStats:
     images: int = 0  # asked for
-    skipped: int = 0  # scanned before (rescan False)
+    skipped: int = 0  # scanned before (rescan False), or meanwhile by another job
     scanned: int = 0  # scanned now
-    unreadable: int = 0
+    unreadable: int = 0  # files that could not be read: left unscanned, a later job retries
+    too_large: int = 0  # over MAX_PIXELS: left unscanned
     faces: int = 0  # stored
     rejected: int = 0  # found but below the quality filters
     kept: int = 0  # faces of a rescanned image kept because they carry labels
+    reembedded: int = 0  # kept faces found again: embedding, box, … updated in place
+    predictions_dropped: int = 0  # person predictions deleted with replaced faces
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -179,18 +184,25 @@ class IndexStats:
         return data
 
 
-def _read(path) -> np.ndarray | None:
+#: What :func:`_read` returns instead of pixels.
+UNREADABLE = "unreadable"
+TOO_LARGE = "too large"
+
+
+def _read(path) -> np.ndarray | str:
+    """The RGB pixels of a file, upright (EXIF orientation applied, as phones store
+    portraits sideways), or :data:`UNREADABLE` / :data:`TOO_LARGE`."""
     try:
         with PILImage.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
-                return None
-            return to_rgb_array(im)
+                return TOO_LARGE
+            return to_rgb_array(ImageOps.exif_transpose(im) or im)
     except Exception:  # noqa: BLE001 - missing, truncated, not an image: reported as unreadable
-        return None
+        return UNREADABLE
 
 
 def _batches(rows: list, pool: ThreadPoolExecutor) -> Iterator[list[tuple]]:
-    """``[(row, array or None)]`` per batch; the next batch is decoded while the caller
+    """``[(row, array or problem)]`` per batch; the next batch is decoded while the caller
     works on this one (file reading overlaps detection and embedding)."""
     from viva.media import media_path
 
@@ -225,19 +237,55 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _pending_ids(ids, rescan_before, *, lock: bool = False) -> set[int]:
+    """Those of ``ids`` still to scan: never scanned, or (rescan) scanned before
+    ``rescan_before``. ``lock``: inside a transaction, lock the rows (another indexing
+    job waits until this one has stored its faces, then sees them scanned)."""
+    from django.db.models import Q
+
+    from viva.models import Image
+
+    todo = Q(faces_scanned_at__isnull=True)
+    if rescan_before is not None:
+        todo |= Q(faces_scanned_at__lt=rescan_before)
+    rows = Image.objects.filter(todo, pk__in=list(ids))
+    if lock:
+        rows = rows.select_for_update().order_by("pk")
+    return set(rows.values_list("pk", flat=True))
+
+
+def _log_problems(ctx, what: str, rows: list, why: str) -> None:
+    if not rows:
+        return
+    ids = [r.pk for r in rows]
+    log.warning("faces: %s image files %s", what, ids)
+    if ctx is not None:
+        ctx.log(
+            f"{len(rows)} image file(s) {why} and were not scanned; a later indexing job "
+            f"tries them again (image ids {', '.join(str(i) for i in ids[:10])}"
+            f"{' …' if len(ids) > 10 else ''})."
+        )
+
+
 def index_faces(
     image_ids: list[int],
     *,
     ctx=None,
     rescan: bool = False,
+    rescan_before=None,
     device: str | None = None,
 ) -> dict:
     """Detect, embed and store the faces of archive images (see the module docstring).
 
-    Idempotent: images scanned before are skipped unless ``rescan``; a rescan replaces
-    an image's faces but keeps those that carry annotations (a new detection of the same
-    face — IoU ≥ 0.5 — is then not stored twice). With ``ctx`` (a job context) progress
-    advances per batch of images and cancellation is checked between batches.
+    Idempotent: images scanned before are skipped unless ``rescan``; a rescan covers
+    images scanned before ``rescan_before`` (default: now) and replaces their faces, but
+    keeps those that carry annotations — a new detection of such a face (IoU ≥ 0.5)
+    updates it in place (embedding, embedder, box, thumbnail, …) instead of being stored
+    twice. Whether an image is still to do is checked again, with its row locked, in the
+    transaction that stores its faces, so two jobs at once never store a face twice.
+    Files that cannot be read (or are too large) are left unscanned and untouched.
+    With ``ctx`` (a job context) progress advances per batch of images and cancellation
+    is checked between batches.
     """
     from django.db import transaction
     from django.utils import timezone
@@ -248,12 +296,14 @@ def index_faces(
 
     started = time.perf_counter()
     device = normalize_device(device or "auto")
+    if rescan and rescan_before is None:
+        rescan_before = timezone.now()
+    if not rescan:
+        rescan_before = None
     stats = IndexStats(images=len(set(image_ids)))
-    rows = Image.objects.filter(pk__in=set(image_ids)).only(
+    rows = Image.objects.filter(pk__in=_pending_ids(set(image_ids), rescan_before)).only(
         "pk", "file", "width", "height", "faces_scanned_at"
     )
-    if not rescan:
-        rows = rows.filter(faces_scanned_at__isnull=True)
     rows = list(rows.order_by("pk"))
     stats.skipped = stats.images - len(rows)
     if not rows:
@@ -263,24 +313,56 @@ def index_faces(
     embedder_name = embedder.source
     with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="faces-io") as pool:
         for batch in _batches(rows, pool):
-            readable = [(row, arr) for row, arr in batch if arr is not None]
+            readable = [(row, arr) for row, arr in batch if isinstance(arr, np.ndarray)]
+            # Cheap early check: another job may have done these meanwhile.
+            still = _pending_ids([row.pk for row, _ in readable], rescan_before)
+            stats.skipped += sum(1 for row, _ in readable if row.pk not in still)
+            readable = [(row, arr) for row, arr in readable if row.pk in still]
             found = analyse_arrays([a for _, a in readable], device=device)
-            new_faces: list[Face] = []
-            writes: list[Future] = []
             by_image: dict[int, list[FaceResult]] = {}
             for (row, _arr), results in zip(readable, found, strict=True):
                 by_image[row.pk] = results
+            new_faces: list[Face] = []
+            updated: list[Face] = []
+            writes: list[Future] = []
+            kept_faces: dict[int, list[Face]] = {}
+            old_thumbs: set[str] = set()
             with transaction.atomic():
-                kept_boxes, old_thumbs = (
-                    _clear_for_rescan([row.pk for row, _ in batch]) if rescan else ({}, set())
-                )
-                for image_id, results in by_image.items():
-                    for r in results:
+                todo = _pending_ids(by_image, rescan_before, lock=True)
+                stats.skipped += len(by_image) - len(todo)
+                if rescan and todo:
+                    kept_faces, old_thumbs, dropped = _clear_for_rescan(sorted(todo))
+                    stats.predictions_dropped += dropped
+                for image_id in sorted(todo):
+                    kept = list(kept_faces.get(image_id, []))
+                    for r in by_image[image_id]:
                         if not r.ok:
                             stats.rejected += 1
                             continue
-                        if any(_iou(r.box, b) >= 0.5 for b in kept_boxes.get(image_id, [])):
-                            continue
+                        overlaps = [
+                            (_iou(r.box, f.box), f)
+                            for f in kept_faces.get(image_id, [])
+                            if _iou(r.box, f.box) >= 0.5
+                        ]
+                        if overlaps:
+                            free = [(iou, f) for iou, f in overlaps if f in kept]
+                            if free:  # the labelled face, found again: refresh it
+                                face = max(free, key=lambda t: t[0])[1]
+                                kept.remove(face)
+                                rel = thumbnail_name(image_id, r.box)
+                                if rel != face.thumbnail:
+                                    if face.thumbnail:
+                                        old_thumbs.add(face.thumbnail)
+                                writes.append(pool.submit(_write_thumb, r.crop, rel))
+                                face.box = list(r.box)
+                                face.landmarks = r.landmarks
+                                face.score = r.score
+                                face.quality = r.quality
+                                face.thumbnail = rel
+                                face.embedding = Face.pack_embedding(r.embedding)
+                                face.embedder = embedder_name
+                                updated.append(face)
+                            continue  # never stored twice
                         rel = thumbnail_name(image_id, r.box)
                         writes.append(pool.submit(_write_thumb, r.crop, rel))
                         new_faces.append(
@@ -298,36 +380,67 @@ def index_faces(
                 for fut in writes:  # thumbnails exist before their rows are visible
                     fut.result()
                 Face.objects.bulk_create(new_faces, batch_size=500)
-                Image.objects.filter(pk__in=[row.pk for row, _ in batch]).update(
-                    faces_scanned_at=timezone.now()
-                )
+                if updated:
+                    Face.objects.bulk_update(
+                        updated,
+                        [
+                            "box",
+                            "landmarks",
+                            "score",
+                            "quality",
+                            "thumbnail",
+                            "embedding",
+                            "embedder",
+                        ],
+                        batch_size=500,
+                    )
+                Image.objects.filter(pk__in=sorted(todo)).update(faces_scanned_at=timezone.now())
             # Thumbnails of replaced faces go once the new rows are committed (a new
             # detection with the same box wrote the same file: that one stays).
-            stale = old_thumbs - {f.thumbnail for f in new_faces}
-            remove_quietly([media_path(rel) for rel in stale])
-            stats.kept += sum(len(v) for v in kept_boxes.values())
+            live = {f.thumbnail for f in new_faces} | {f.thumbnail for f in updated}
+            live |= {f.thumbnail for faces in kept_faces.values() for f in faces}
+            remove_quietly([media_path(rel) for rel in old_thumbs - live])
+            n_kept = sum(len(v) for v in kept_faces.values())
+            stats.kept += n_kept
+            stats.reembedded += len(updated)
             stats.faces += len(new_faces)
-            stats.scanned += len(batch)
-            unreadable = [row for row, arr in batch if arr is None]
+            stats.scanned += len(todo)
+            if n_kept > len(updated):
+                log.info(
+                    "faces: %d labelled face(s) not found again keep their old embedding",
+                    n_kept - len(updated),
+                )
+            unreadable = [row for row, arr in batch if isinstance(arr, str) and arr == UNREADABLE]
+            too_large = [row for row, arr in batch if isinstance(arr, str) and arr == TOO_LARGE]
             stats.unreadable += len(unreadable)
-            if unreadable:
-                log.warning("faces: unreadable image files %s", [r.pk for r in unreadable])
-                if ctx is not None:
-                    ctx.log(
-                        f"{len(unreadable)} image file(s) could not be read and were skipped "
-                        f"(image ids {', '.join(str(r.pk) for r in unreadable[:10])}"
-                        f"{' …' if len(unreadable) > 10 else ''})."
-                    )
+            stats.too_large += len(too_large)
+            _log_problems(ctx, "unreadable", unreadable, "could not be read")
+            _log_problems(
+                ctx,
+                "too large",
+                too_large,
+                f"are larger than {MAX_PIXELS // 1_000_000} megapixels",
+            )
             if ctx is not None:
                 ctx.advance(len(batch))
+    if stats.predictions_dropped:
+        message = (
+            f"{stats.predictions_dropped} person prediction(s) referred to faces replaced "
+            "by this rescan and were deleted: run person inference again."
+        )
+        log.warning("faces: %s", message)
+        if ctx is not None:
+            ctx.log(message)
     stats.seconds = time.perf_counter() - started
     return stats.as_dict()
 
 
-def _clear_for_rescan(image_ids: list[int]) -> tuple[dict[int, list], set[str]]:
-    """Delete the faces of these images that carry no annotation; return the boxes of
-    those kept (labels are never lost silently) and the thumbnails of those deleted."""
+def _clear_for_rescan(image_ids: list[int]) -> tuple[dict[int, list], set[str], int]:
+    """Delete the faces of these images that carry no annotation; return those kept
+    (labels are never lost silently), the thumbnails of those deleted and how many person
+    predictions went with them (``Prediction.face`` cascades)."""
     from annotation.models import Annotation
+    from retrieval.models import Prediction
     from viva.models import Face
 
     faces = Face.objects.filter(image_id__in=image_ids)
@@ -335,12 +448,17 @@ def _clear_for_rescan(image_ids: list[int]) -> tuple[dict[int, list], set[str]]:
         Annotation.objects.filter(face__image_id__in=image_ids).values_list("face_id", flat=True)
     )
     kept: dict[int, list] = {}
-    for image_id, box in faces.filter(pk__in=labelled).values_list("image_id", "box"):
-        kept.setdefault(image_id, []).append(box)
-    doomed = faces.exclude(pk__in=labelled)
-    thumbs = {t for t in doomed.values_list("thumbnail", flat=True) if t}
-    doomed.delete()
-    return kept, thumbs
+    for face in faces.filter(pk__in=labelled).order_by("pk"):
+        kept.setdefault(face.image_id, []).append(face)
+    doomed = list(faces.exclude(pk__in=labelled).values_list("pk", "thumbnail"))
+    thumbs = {t for _, t in doomed if t}
+    dropped = 0
+    if doomed:
+        doomed_ids = [pk for pk, _ in doomed]
+        # Through ``prediction_image`` (image, run): Prediction.face has no index.
+        dropped = Prediction.objects.filter(image_id__in=image_ids, face_id__in=doomed_ids).count()
+        Face.objects.filter(pk__in=doomed_ids).delete()
+    return kept, thumbs, dropped
 
 
 __all__ += ["CROP_SIZE", "IndexStats"]

@@ -39,6 +39,16 @@ def face_stats() -> dict:
     }
 
 
+def _archive_job_running() -> Job | None:
+    """The active face-indexing job over the whole archive (no image or collection
+    list), if any: a second job would only do the same work again."""
+    for job in Job.objects.filter(kind=JOB_KIND, status__in=Job.ACTIVE).order_by("created_at"):
+        params = job.params or {}
+        if params.get("image_ids") is None and not params.get("collection_ids"):
+            return job
+    return None
+
+
 class FacesView(RoleRequiredMixin, TemplateView):
     """GET: the page (``?job=<id>`` shows that job). POST: start indexing — the whole
     archive, or the collection in ``collection``; ``rescan=1`` scans scanned images
@@ -97,6 +107,15 @@ class FacesView(RoleRequiredMixin, TemplateView):
                     f"on this machine. To enable it, {install_advice()}.",
                 )
                 return HttpResponseRedirect(reverse("training:faces"))
+        running = _archive_job_running()
+        if running is not None:
+            messages.error(
+                request,
+                f"Face indexing was not started: job {running.pk} is indexing the whole "
+                "archive already. Wait until it has finished (or cancel it) and start "
+                "again.",
+            )
+            return HttpResponseRedirect(f"{reverse('training:faces')}?job={running.pk}")
         job = start_face_indexing(
             collection_ids=collection_ids,
             user=request.user,
