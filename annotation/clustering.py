@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -124,11 +125,12 @@ def pending_image_ids(category: Category) -> list[int]:
 # --------------------------------------------------------------------------- the algorithm
 
 
-def _normalise(vectors):
-    import numpy as np
-
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+def majority_embedder(embedders: Iterable[str]) -> str:
+    """The most common ``Face.embedder`` value (``""`` for none). Embeddings of different
+    weights are not comparable: clustering, person training and face search each use one
+    embedder's faces only, this one."""
+    counts = Counter(embedders)
+    return counts.most_common(1)[0][0] if counts else ""
 
 
 def cluster_embeddings(
@@ -177,16 +179,18 @@ def _groups(face_ids: list[int], vectors, labels, extra_ids: list[int], extra_ve
     """
     import numpy as np
 
-    vectors = _normalise(vectors)
+    from retrieval.face_search.index import normalise  # numpy only (faiss lazily)
+
+    vectors = normalise(vectors)
     k = int(labels.max()) + 1 if len(labels) else 0
     means = np.zeros((k, vectors.shape[1]))
     np.add.at(means, labels, vectors)
-    means = _normalise(means)
+    means = normalise(means)
     all_ids = list(face_ids)
     all_labels = list(labels)
     all_vectors = vectors
     if len(extra_ids):
-        extra_vectors = _normalise(extra_vectors)
+        extra_vectors = normalise(extra_vectors)
         nearest = np.argmax(extra_vectors @ means.T, axis=1)
         all_ids += list(extra_ids)
         all_labels += list(nearest)
@@ -216,7 +220,7 @@ def _load_embeddings(category: Category) -> tuple[list[int], object, list[int], 
     if not rows:
         empty = np.zeros((0, Face.EMBEDDING_DIM), dtype=np.float32)
         return [], empty, [], empty, 0
-    embedder = Counter(r[2] for r in rows).most_common(1)[0][0]
+    embedder = majority_embedder(r[2] for r in rows)
     kept = [r for r in rows if r[2] == embedder]
     skipped = len(rows) - len(kept)
     vectors = Face.unpack_embeddings(r[1] for r in kept)
@@ -308,7 +312,7 @@ def label_cluster(
     through :func:`annotation.labels.save_face_labels` (source "cluster": event log,
     category lock against concurrent annotators).
     """
-    from .labels import save_face_labels
+    from .labels import MAX_BATCH, save_face_labels
     from .models import Annotation, Source
 
     face_ids = list(cluster.members.values_list("face_id", flat=True))
@@ -320,9 +324,16 @@ def label_cluster(
             .values_list("face_id", flat=True)
         )
     changes = [(face_id, value) for face_id in face_ids if face_id not in individual]
-    result = save_face_labels(cluster.category_id, changes, user=user, source=Source.CLUSTER)
+    # save_face_labels refuses more than MAX_BATCH changes at once: a big cluster is saved
+    # in slices (each slice its own transaction, logged like any other batch).
+    saved = unchanged = 0
+    for start in range(0, len(changes), MAX_BATCH):
+        part = changes[start : start + MAX_BATCH]
+        result = save_face_labels(cluster.category_id, part, user=user, source=Source.CLUSTER)
+        saved += result.saved
+        unchanged += result.unchanged
     return ClusterLabelResult(
-        saved=result.saved, unchanged=result.unchanged, kept=len(individual), faces=len(face_ids)
+        saved=saved, unchanged=unchanged, kept=len(individual), faces=len(face_ids)
     )
 
 

@@ -30,7 +30,7 @@ from viva.models import Image
 from viva.pagination import ApiPagination
 from viva.roles import Role
 
-from .export import DEFAULT_THRESHOLDS
+from .export import default_threshold
 from .query import parse_filters, parse_query
 from .ranking import (
     QueryError,
@@ -398,6 +398,6 @@ class ExportStartView(APIView):
             title = "Export of a combined query"
             kind = "concept"
         threshold = data.get("threshold")
-        params["threshold"] = DEFAULT_THRESHOLDS[kind] if threshold is None else threshold
+        params["threshold"] = default_threshold(kind) if threshold is None else threshold
         job = start_job("export_segments", params, user=request.user, title=title)
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)

@@ -41,14 +41,32 @@ from django.conf import settings
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "KeyframeRow",
+    "default_threshold",
     "Segment",
     "export_dir",
     "segments_of_video",
     "write_segments_zip",
 ]
 
-# Default thresholds of the original VIVA: 70 % for concepts, 80 % for persons.
+# Default thresholds of the original VIVA: 70 % for concepts, 80 % for persons. A person
+# export defaults to the person model's rejection threshold instead when a person run is
+# published (:func:`default_threshold`), like the ranked and persons pages.
 DEFAULT_THRESHOLDS = {"concept": 0.7, "person": 0.8}
+
+
+def default_threshold(kind: str) -> float:
+    """The export threshold a form starts with for a ``kind`` ("concept" / "person"):
+    for persons the published person run's ``score_floor`` (the rejection threshold its
+    faces were accepted with) when there is one, else :data:`DEFAULT_THRESHOLDS`."""
+    if kind == "person":
+        from .ranking import published_run  # lazily: this module is imported by jobs
+
+        run = published_run("person")
+        if run is not None:
+            return float(run.score_floor)
+    return DEFAULT_THRESHOLDS.get(kind, DEFAULT_THRESHOLDS["concept"])
+
+
 SEGMENT_COLUMNS = [
     "category",
     "video_id",

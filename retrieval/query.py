@@ -26,6 +26,7 @@ from django.http import QueryDict
 
 __all__ = [
     "DEFAULT_MIN_SCORE",
+    "default_min_score",
     "MAX_TERMS",
     "OPERATORS",
     "Filters",
@@ -42,6 +43,19 @@ DEFAULT_MIN_SCORE = 0.5
 YEAR_MIN, YEAR_MAX = 1800, 2200
 
 
+def default_min_score(kind: str) -> float:
+    """A term's minimum score when none is given: :data:`DEFAULT_MIN_SCORE` for concepts;
+    for persons the published person run's ``score_floor`` (the model's rejection
+    threshold, as on the ranked and persons pages) when there is one."""
+    if kind == "person":
+        from .ranking import published_run  # lazily: ranking imports this module
+
+        run = published_run("person")
+        if run is not None:
+            return float(run.score_floor)
+    return DEFAULT_MIN_SCORE
+
+
 @dataclass(frozen=True)
 class Term:
     """One category condition: ``score(category) >= min_score`` combined with ``op``."""
@@ -50,6 +64,9 @@ class Term:
     op: str = "and"
     min_score: float = DEFAULT_MIN_SCORE
     kind: str = "concept"
+    # The min score was not given (the kind's default): a kind learnt later
+    # (:meth:`Query.with_kinds`) brings its own default.
+    default_min: bool = field(default=False, compare=False, repr=False)
 
     def as_param(self) -> str:
         return f"{self.kind}:{self.category_id}:{self.op}:{self.min_score:g}"
@@ -121,9 +138,17 @@ class Query:
     def with_kinds(self, kinds: dict[int, str]) -> Query:
         """Terms with their kind taken from the categories (``{id: kind}``); terms of
         unknown categories are dropped."""
-        terms = tuple(
-            replace(t, kind=kinds[t.category_id]) for t in self.terms if t.category_id in kinds
-        )
+        defaults: dict[str, float] = {}
+
+        def retyped(t: Term) -> Term:
+            kind = kinds[t.category_id]
+            if not t.default_min or kind == t.kind:
+                return replace(t, kind=kind)
+            if kind not in defaults:
+                defaults[kind] = default_min_score(kind)
+            return replace(t, kind=kind, min_score=defaults[kind])
+
+        terms = tuple(retyped(t) for t in self.terms if t.category_id in kinds)
         return replace(self, terms=terms)
 
     def with_filters(self, **changes: Any) -> Query:
@@ -188,10 +213,13 @@ def _parse_term(raw: str) -> Term | str:
     category_id = _int(cat)
     if kind not in KINDS or category_id is None or op.lower() not in OPERATORS:
         return f"Cannot read the term {raw!r}."
-    min_score = _float(score)
-    return Term(
-        category_id, op.lower(), DEFAULT_MIN_SCORE if min_score is None else min_score, kind
-    )
+    return _term(category_id, op.lower(), _float(score), kind)
+
+
+def _term(category_id: int, op: str, min_score: float | None, kind: str) -> Term:
+    if min_score is None:
+        return Term(category_id, op, default_min_score(kind), kind, default_min=True)
+    return Term(category_id, op, min_score, kind)
 
 
 def parse_query(params: QueryDict) -> Query:
@@ -217,10 +245,7 @@ def parse_query(params: QueryDict) -> Query:
             errors.append(f"Unknown operator {op!r}.")
             continue
         kind = kinds[i] if i < len(kinds) and kinds[i] in KINDS else "concept"
-        min_score = _float(mins[i] if i < len(mins) else None)
-        terms.append(
-            Term(category_id, op, DEFAULT_MIN_SCORE if min_score is None else min_score, kind)
-        )
+        terms.append(_term(category_id, op, _float(mins[i] if i < len(mins) else None), kind))
     if len(terms) > MAX_TERMS:
         errors.append(f"At most {MAX_TERMS} terms; the rest were dropped.")
         terms = terms[:MAX_TERMS]

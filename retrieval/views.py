@@ -30,9 +30,15 @@ from viva.models import Collection, Face, Job
 from viva.roles import Role, RoleRequiredMixin
 from viva.views.jobs import may_control
 
-from .export import DEFAULT_THRESHOLDS, export_dir
+from .export import default_threshold, export_dir
 from .models import InferenceRun, Prediction
-from .query import DEFAULT_MIN_SCORE, OPERATORS, parse_filters, parse_query
+from .query import (
+    DEFAULT_MIN_SCORE,
+    OPERATORS,
+    default_min_score,
+    parse_filters,
+    parse_query,
+)
 from .ranking import QueryError, combined_page, published_run, published_runs, ranked_page
 
 EXPORT_KINDS = ("export_segments", "export_dataset")
@@ -172,9 +178,9 @@ class SearchView(RoleRequiredMixin, TemplateView):
         rows_ = [
             {"category_id": t.category_id, "op": t.op, "min": t.min_score} for t in query.terms
         ]
-        rows_ += [{"category_id": None, "op": "and", "min": DEFAULT_MIN_SCORE}] * (
-            EMPTY_ROWS if not rows_ else 1
-        )
+        # An empty row's min score stays blank: the chosen category's kind gives the
+        # default (the placeholder shows both).
+        rows_ += [{"category_id": None, "op": "and", "min": ""}] * (EMPTY_ROWS if not rows_ else 1)
         positive = [t.category_id for t in query.positive_terms]
         label_id = None
         try:
@@ -197,6 +203,8 @@ class SearchView(RoleRequiredMixin, TemplateView):
             if query.terms
             else "",
             inference_url=inference_url(),
+            default_min=DEFAULT_MIN_SCORE,
+            person_min=round(default_min_score("person"), 3),
         )
         if query.terms and not query.is_runnable:
             errors.append("Add at least one concept with AND or OR; NOT alone ranks nothing.")
@@ -233,6 +241,20 @@ class SearchView(RoleRequiredMixin, TemplateView):
         return ctx
 
 
+def _query_kind(query, kinds: dict[int, str]) -> str:
+    """ "person" when every AND/OR term of ``query`` is a person, else "concept"."""
+    positive = query.positive_terms
+    if positive and all(kinds.get(t.category_id) == "person" for t in positive):
+        return "person"
+    return "concept"
+
+
+def _percent(value: float) -> int | float:
+    """A threshold as the export form's percent: whole numbers stay whole (70, not 70.0)."""
+    percent = round(value * 100, 1)
+    return int(percent) if percent == int(percent) else percent
+
+
 def _threshold(raw: str | None, default: float) -> float:
     try:
         value = float((raw or "").replace(",", "."))
@@ -263,11 +285,7 @@ class ExportView(RoleRequiredMixin, TemplateView):
         query = parse_query(QueryDict(query_text)) if query_text else None
         kinds = {c["id"]: c["kind"] for c in categories}
         if query is not None and query.positive_terms:
-            kind = (
-                "person"
-                if all(kinds.get(t.category_id) == "person" for t in query.positive_terms)
-                else "concept"
-            )
+            kind = _query_kind(query, kinds)
         else:
             kind = kinds.get(selected, "concept")
         metadata = {
@@ -278,8 +296,9 @@ class ExportView(RoleRequiredMixin, TemplateView):
             categories=categories,
             selected=selected,
             query_text=query_text if query is not None and query.terms else "",
-            threshold=int(DEFAULT_THRESHOLDS[kind] * 100),
-            thresholds={k: int(v * 100) for k, v in DEFAULT_THRESHOLDS.items()},
+            threshold=_percent(default_threshold(kind)),
+            thresholds={k: _percent(default_threshold(k)) for k in ("concept", "person")},
+            person_from_model=published_run("person") is not None,
             recent=Job.objects.filter(kind__in=EXPORT_KINDS, created_by=request.user)[:10],
         )
         return ctx
@@ -305,7 +324,10 @@ class ExportView(RoleRequiredMixin, TemplateView):
                 return HttpResponseRedirect(request.path)
             params["query"] = query.urlencode()
             title = "Export of a combined query"
-            kind = "concept"
+            ids = [t.category_id for t in query.terms]
+            kind = _query_kind(
+                query, dict(Category.objects.filter(pk__in=ids).values_list("pk", "kind"))
+            )
         else:
             category = Category.objects.filter(pk=data.get("category") or 0).first()
             if category is None:
@@ -318,7 +340,7 @@ class ExportView(RoleRequiredMixin, TemplateView):
                 params["filters"] = urlencode(meta)
             title = f"Export of “{category.name}”"
             kind = category.kind
-        params["threshold"] = _threshold(data.get("threshold"), DEFAULT_THRESHOLDS[kind])
+        params["threshold"] = _threshold(data.get("threshold"), default_threshold(kind))
         job = start_job("export_segments", params, user=request.user, title=title)
         return HttpResponseRedirect(reverse("jobs:detail", args=[job.pk]))
 

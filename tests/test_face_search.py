@@ -211,6 +211,54 @@ def test_rebuild_is_resumable_after_an_interruption(index_dir, stills, settings,
     assert service.face_index().count == 300
 
 
+def test_faces_of_other_embedders_are_neither_indexed_nor_returned(
+    index_dir, stills, monkeypatch, client_for
+):
+    vectors, _ = clustered(4, 5, seed=8)
+    mine = make_faces(vectors, stills)  # "random": the current embedder in tests
+    monkeypatch.setattr("training.faces.embed.embedder_source", lambda: "random")
+    # The same vectors embedded by other weights: their cosines would be noise.
+    others = make_faces(vectors[:3], stills)
+    Face.objects.filter(pk__in=[f.pk for f in others]).update(embedder="vggface2")
+    hits = service.similar_faces(vectors[0], 10)
+    assert {i for i, _ in hits} <= {f.pk for f in mine}
+    assert service.face_index().count == len(mine)
+    with pytest.raises(service.FaceSearchError, match="not comparable"):
+        service.similar_faces(vectors[0], 10, embedder="vggface2")
+    page = client_for("researcher").get(reverse("retrieval:faces"), {"face": others[0].pk})
+    assert page.status_code == 503 and "not comparable" in page.content.decode()
+    # A rebuild takes only the current embedder's faces, and says so.
+    lines: list[str] = []
+    stats = service.rebuild_face_index(log=lines.append)
+    assert stats["count"] == len(mine) and service.face_index().meta["embedder"] == "random"
+    assert any("3 faces of other embedders are left out" in line for line in lines)
+    # Without weights here, the most common embedder among the stored faces is used.
+    monkeypatch.setattr("training.faces.embed.embedder_source", lambda: "missing")
+    from django.core.cache import cache
+
+    cache.delete(service.EMBEDDER_CACHE_KEY)
+    assert service.index_embedder() == "random"
+    # Faces are embedded by other weights now: the old index is no longer used.
+    monkeypatch.setattr("training.faces.embed.embedder_source", lambda: "vggface2")
+    assert service.index_status()["rebuild_advised"] is True
+    with pytest.raises(service.FaceSearchError, match="not comparable"):
+        service.similar_faces(vectors[0], 10)
+
+
+def test_a_second_rebuild_at_the_same_time_stops_clearly(index_dir, stills):
+    import fcntl
+
+    make_faces(clustered(2, 3, seed=9)[0], stills)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / ".rebuild.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the first job, still running
+        with pytest.raises(service.RebuildRunning, match="Another face index rebuild"):
+            service.rebuild_face_index()
+        fcntl.flock(held, fcntl.LOCK_UN)
+    assert not (index_dir / "staging").exists()
+    assert service.rebuild_face_index()["count"] == 6
+
+
 # --- the page ------------------------------------------------------------------------------
 @pytest.fixture
 def archive_faces(index_dir, stills):

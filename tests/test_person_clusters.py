@@ -305,6 +305,19 @@ def test_label_a_whole_cluster_then_corrections_survive(person, users):
     assert label_cluster(small, -1).saved == 2
 
 
+def test_a_cluster_bigger_than_one_label_batch_is_saved_in_slices(person, monkeypatch):
+    # save_face_labels refuses more than MAX_BATCH labels; a big cluster must still save.
+    monkeypatch.setattr("annotation.labels.MAX_BATCH", 3)
+    rng = np.random.default_rng(11)
+    vectors, _ = faces_of(identities(1, rng), [7], rng)
+    make_person_faces(person, vectors)
+    (cluster,) = build_clusters(person, threshold=0.9, limit=100)
+    result = label_cluster(cluster, 1)
+    assert (result.saved, result.unchanged, result.faces) == (7, 0, 7)
+    assert Annotation.objects.filter(category=person, value=1).count() == 7
+    assert label_cluster(cluster, 1).unchanged == 7
+
+
 def test_overview_counts_and_samples_in_constant_queries(person):
     rng = np.random.default_rng(11)
     vectors, _ = faces_of(identities(5, rng), [12, 6, 4, 2, 1], rng)

@@ -136,3 +136,35 @@ def test_the_inference_page_starts_person_recognition(trained, client_for):
     ModelVersion.objects.filter(kind="person").update(is_active=False)
     refused = client.post(url, {"action": "persons"})
     assert "Person recognition was not started" in refused.content.decode()
+
+
+def test_only_faces_of_the_models_embedder_are_recognised(trained, users):
+    world = trained
+    version = ModelVersion.objects.get(kind="person")
+    assert version.config["embedder"] == "random"
+    # A face of Ada embedded by other weights: its scores would be noise, so it is skipped.
+    centre = Face.unpack_embeddings([world.labelled["Ada"][0].embedding])[0]
+    other = add_faces(
+        world.videos["news"],
+        sample_faces(centre, 1, np.random.default_rng(6)),
+        embedder="vggface2",
+    )[0]
+    assert run_job(start_person_inference(users["trainer"]).pk) == "succeeded"
+    run = InferenceRun.objects.get(kind="person")
+    assert not Prediction.objects.filter(run=run, image_id=other.image_id).exists()
+    assert run.n_images == Face.objects.filter(embedder="random").count()
+    # Versions from before the key existed still score every face.
+    config = dict(version.config)
+    del config["embedder"]
+    ModelVersion.objects.filter(pk=version.pk).update(config=config)
+    version.refresh_from_db()
+    from retrieval.persons.inference import archive_faces
+
+    assert archive_faces(version).count() == archive_faces().count() == Face.objects.count()
+    assert archive_faces().filter(embedder="random").count() + 1 == Face.objects.count()
+
+
+def test_refused_when_no_face_has_the_models_embedder(trained, users):
+    Face.objects.update(embedder="vggface2")
+    with pytest.raises(InferenceRefused, match="embedder"):
+        start_person_inference(users["trainer"])

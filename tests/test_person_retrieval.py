@@ -206,3 +206,49 @@ def test_hide_labelled_hides_results_whose_face_is_labelled(archive):
     # By image, the labelled face's keyframe would still be listed.
     by_image = ranked_queryset(run.pk, ada.pk, Filters(hide_labelled=True))
     assert labelled.pk in set(by_image.values_list("pk", flat=True))
+
+
+def test_person_defaults_follow_the_models_rejection_threshold(archive, client_for):
+    """A person export and a person term without a min score default to the published
+    person run's score floor (the ranked page's threshold), not to fixed numbers; concepts
+    keep theirs."""
+    from django.http import QueryDict
+
+    from retrieval.export import default_threshold
+    from retrieval.query import DEFAULT_MIN_SCORE, parse_query
+
+    ada, studio = archive.persons["Ada"], archive.studio
+    run = InferenceRun.objects.get(kind="person", is_published=True)
+    InferenceRun.objects.filter(pk=run.pk).update(score_floor=0.437)
+    assert default_threshold("person") == pytest.approx(0.437)
+    assert default_threshold("concept") == 0.7
+    client = client_for("researcher")
+    page = client.get(reverse("retrieval:export"), {"category": ada.pk})
+    assert page.context["threshold"] == 43.7 and page.context["thresholds"]["concept"] == 70
+    assert 'value="43.7"' in page.content.decode()
+    # A posted person export without a threshold, and a person-only query, use it too.
+    client.post(reverse("retrieval:export"), {"category": ada.pk, "threshold": ""})
+    query = f"t=person:{ada.pk}:and:0.5"
+    client.post(reverse("retrieval:export"), {"query": query, "threshold": ""})
+    client.post(reverse("retrieval:export"), {"category": studio.pk, "threshold": ""})
+    from viva.models import Job
+
+    thresholds = [
+        j.params["threshold"] for j in Job.objects.filter(kind="export_segments").order_by("pk")
+    ]
+    assert thresholds == pytest.approx([0.437, 0.437, 0.7])
+
+    # Person terms without a min score: the floor; concepts: 0.5 as before.
+    parsed = parse_query(QueryDict(f"t=person:{ada.pk}:and:&t=concept:{studio.pk}:and:"))
+    assert [t.min_score for t in parsed.terms] == pytest.approx([0.437, DEFAULT_MIN_SCORE])
+    # The search form's rows (no kind) learn it from the category on the redirect.
+    form = client.get(
+        reverse("retrieval:search"),
+        {"term_op": ["and", "and"], "term_category": [ada.pk, studio.pk], "term_min": ["", ""]},
+    )
+    assert form.status_code == 302
+    assert f"t=person:{ada.pk}:and:0.437" in form.url
+    assert f"t=concept:{studio.pk}:and:0.5" in form.url
+    search = client.get(reverse("retrieval:search"))
+    assert search.context["person_min"] == 0.437
+    assert 'placeholder="0.5 · person 0.437"' in search.content.decode()

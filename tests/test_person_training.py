@@ -276,3 +276,39 @@ def test_the_page_warns_about_random_embeddings(db, monkeypatch):
     monkeypatch.setattr("training.faces.embed.embedder_source", lambda: "missing")
     assert "missing" in embedder_warning()
     assert world.persons["Ada"].kind == "person"
+
+
+def test_only_the_majority_embedders_faces_are_trained_on(db, settings, tmp_path):
+    # Embeddings of other weights are not comparable: left out, counted, and the kept
+    # embedder is stored for inference.
+    from annotation.labels import save_face_labels
+    from annotation.models import Label
+    from tests.person_data import add_faces
+
+    settings.VIVA_MODELS_DIR = tmp_path / "models"
+    world = make_world({"Ada": 12, "Bert": 12}, unknown_labelled=10)
+    odd = add_faces(
+        world.videos["news"],
+        sample_faces(identity_centres(1, 99)[0], 4, np.random.default_rng(3)),
+        embedder="vggface2",
+    )
+    save_face_labels(world.persons["Ada"], [(f.pk, Label.POSITIVE) for f in odd])
+    stranger = add_faces(world.videos["news"], identity_centres(1, 98), embedder="vggface2")
+    save_face_labels(world.persons["Ada"], [(stranger[0].pk, Label.NEGATIVE)])
+
+    data = ds.load_dataset(needed=10)
+    assert data.embedder == "random" and data.other_embedder == 4
+    assert data.embedders == {"random": 24, "vggface2": 4}
+    assert not {f.pk for f in odd + stranger} & set(data.face_ids.tolist())
+    assert stranger[0].pk not in data.unknown_face_ids.tolist()
+    assert len(data.y) == 24 and len(data.unknown_x) == 10
+
+    ctx = FakeContext({"min_faces": 10})
+    train_persons(ctx)
+    version = ModelVersion.objects.get(kind=ModelVersion.Kind.PERSON)
+    assert version.config["embedder"] == "random"
+    assert any("4 faces not embedded by 'random'" in line for line in ctx.lines)
+    # Bert re-embedded by the other weights: the majority is theirs, Ada has too few.
+    Face.objects.filter(pk__in=[f.pk for f in world.labelled["Bert"]]).update(embedder="vggface2")
+    with pytest.raises(TrainingError, match="same weights"):
+        ds.load_dataset(needed=10)

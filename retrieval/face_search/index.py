@@ -60,8 +60,11 @@ def _faiss():
 
 
 def normalise(vectors: Any) -> np.ndarray:
-    """float32, C-contiguous, shape (n, 512), rows of unit length (zero rows stay zero)."""
-    arr = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+    """float32, C-contiguous, shape (n, 512), rows of unit length (zero rows stay zero).
+
+    The one unit-length helper of the face code (person training, face clustering, this
+    index); always a new array, the caller's is never changed."""
+    arr = np.array(vectors, dtype=np.float32, order="C", copy=True)
     if arr.ndim == 1:
         arr = arr.reshape(1, -1)
     if arr.ndim != 2 or arr.shape[1] != DIM:

@@ -28,7 +28,10 @@ from typing import Any
 import numpy as np
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
+from django.db.models import Count
 
+from viva.jobs import JobError
 from viva.models import Face
 
 from .index import FaceIndex, FaceIndexError, IndexSpec
@@ -42,6 +45,7 @@ DEFAULT_K = 100
 MAX_K = 1000
 STATUS_CACHE_KEY = "face_search:counts"
 STATUS_CACHE_SECONDS = 30
+EMBEDDER_CACHE_KEY = "face_search:embedder"
 
 _lock = threading.Lock()
 _cached: FaceIndex | None = None
@@ -60,15 +64,36 @@ def _exact_max() -> int:
 
 
 @contextmanager
-def _file_lock(directory: Path):
-    """Serialises writers of one index directory across processes (web, workers)."""
+def _file_lock(directory: Path, name: str = ".lock", *, wait: bool = True):
+    """Serialises writers of one index directory across processes (web, workers).
+
+    With ``wait=False`` a lock held elsewhere raises :class:`BlockingIOError` at once."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    with open(directory / name, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class RebuildRunning(JobError):
+    """Another rebuild holds the staging folder; this one stops without touching it."""
+
+
+def start_rebuild(user):
+    """The active rebuild job, or a new one: check-then-start under a lock, so a double
+    click (two requests at once, even in two web processes) starts one job only."""
+    from viva.jobs import start_job
+    from viva.models import Job
+
+    with _file_lock(index_dir(), ".start.lock"), transaction.atomic():
+        running = (
+            Job.objects.select_for_update()
+            .filter(kind=JOB_KIND, status__in=Job.ACTIVE)
+            .order_by("-pk")
+        )
+        return running.first() or start_job(JOB_KIND, {}, user=user)
 
 
 def face_index() -> FaceIndex:
@@ -93,15 +118,42 @@ def reset_cache() -> None:
         _cached = None
 
 
-def _embedded_faces():
-    return Face.objects.filter(embedding__isnull=False)
+def _embedded_faces(embedder: str | None = None):
+    """Faces with an embedding; with ``embedder``, only those ``Face.embedder`` names."""
+    faces = Face.objects.filter(embedding__isnull=False)
+    return faces if embedder is None else faces.filter(embedder=embedder)
 
 
-def _chunks(after: int, upto: int | None = None) -> Iterator[tuple]:
+def index_embedder() -> str:
+    """The embedder whose faces the index holds: the weights this machine embeds with
+    (``training.faces.embed.embedder_source``), or — where it has none ("missing") — the
+    most common embedder among the stored faces. Embeddings of different weights ("random"
+    and "vggface2") are not comparable: their cosines are noise."""
+    from training.faces.embed import embedder_source  # torch-free; lazily (app loading)
+
+    source = embedder_source()
+    if source != "missing":
+        return source
+    return cache.get_or_set(EMBEDDER_CACHE_KEY, _majority_embedder, STATUS_CACHE_SECONDS)
+
+
+def _majority_embedder() -> str:
+    top = (
+        _embedded_faces()
+        .values_list("embedder")
+        .order_by()
+        .annotate(n=Count("pk"))
+        .order_by("-n", "embedder")
+        .first()
+    )
+    return top[0] if top else ""
+
+
+def _chunks(after: int, upto: int | None = None, embedder: str | None = None) -> Iterator[tuple]:
     """(ids int64, vectors float32) of stored embeddings with id > ``after``, by id."""
     last, size = after, CHUNK
     while True:
-        qs = _embedded_faces().filter(pk__gt=last)
+        qs = _embedded_faces(embedder).filter(pk__gt=last)
         if upto is not None:
             qs = qs.filter(pk__lte=upto)
         rows = list(qs.order_by("pk").values_list("pk", "embedding")[:size])
@@ -118,14 +170,19 @@ def sync(index: FaceIndex | None = None, limit: int | None = None) -> int:
     Returns how many were added."""
     index = index or face_index()
     limit = SYNC_LIMIT if limit is None else limit
+    embedder = index_embedder()
     added = 0
     with index.lock:
         if not index.index.is_trained:
             return 0
-        backlog = _embedded_faces().filter(pk__gt=index.last_id).order_by("pk")
+        if index.count == 0 and not index.meta.get("embedder"):
+            index.meta["embedder"] = embedder  # a new, empty index takes today's embedder
+        if index.meta.get("embedder", embedder) != embedder:
+            return 0  # built from another embedder's faces: only a rebuild helps
+        backlog = _embedded_faces(embedder).filter(pk__gt=index.last_id).order_by("pk")
         if backlog.values_list("pk", flat=True)[limit : limit + 1].exists():
             return 0  # too many for a request: the status box asks for a rebuild
-        for ids, vectors in _chunks(index.last_id):
+        for ids, vectors in _chunks(index.last_id, embedder=embedder):
             added += index.add(ids, vectors)
         unsaved = int(index.meta.get("unsaved", 0)) + added
         index.meta["unsaved"] = unsaved
@@ -146,9 +203,16 @@ def _persist_if_current(index: FaceIndex) -> bool:
 
 
 def similar_faces(
-    vector: Any, k: int = DEFAULT_K, exclude_face_ids: Sequence[int] = ()
+    vector: Any,
+    k: int = DEFAULT_K,
+    exclude_face_ids: Sequence[int] = (),
+    embedder: str | None = None,
 ) -> list[tuple[int, float]]:
-    """The ``k`` stored faces most similar to ``vector``: (face id, cosine), best first."""
+    """The ``k`` stored faces most similar to ``vector``: (face id, cosine), best first.
+
+    ``embedder`` is the query's (a stored face's own ``Face.embedder``; default: the
+    current one, :func:`index_embedder`, as for an uploaded picture): faces of other
+    embedders are never returned, their cosines to the query mean nothing."""
     query = np.asarray(vector, dtype=np.float32).reshape(-1)
     if query.size != Face.EMBEDDING_DIM or not np.isfinite(query).all():
         raise FaceSearchError("The query face has no usable embedding.")
@@ -158,12 +222,21 @@ def similar_faces(
     query = query / norm
     k = max(1, min(int(k), MAX_K))
     excluded = {int(i) for i in exclude_face_ids}
+    current = index_embedder()
+    embedder = current if embedder is None else embedder
     index = face_index()
     try:
         sync(index)
     except FaceIndexError as exc:
         raise FaceSearchError(str(exc)) from exc
-    if index.count == 0 and _embedded_faces().exists():
+    built_from = index.meta.get("embedder") or current
+    if embedder != built_from:
+        raise FaceSearchError(
+            f"This face was embedded by '{embedder or 'unknown'}', the face index holds "
+            f"faces embedded by '{built_from or 'unknown'}': embeddings of different weights "
+            "are not comparable. Embed the faces again (face pipeline) or rebuild the index."
+        )
+    if index.count == 0 and _embedded_faces(embedder).exists():
         raise FaceSearchError(
             "The face index has not been built yet; a trainer can build it with "
             "“Rebuild the face index” on this page."
@@ -172,10 +245,13 @@ def similar_faces(
     for _attempt in range(3):
         hits = index.search(query, want)
         ids = [i for i, _ in hits if i not in excluded]
-        rows = dict(_embedded_faces().filter(pk__in=ids).values_list("pk", "embedding"))
+        found = _embedded_faces().filter(pk__in=ids).values_list("pk", "embedding", "embedder")
+        rows = {pk: blob for pk, blob, kind in found if kind == embedder}
         gone = [i for i in ids if i not in rows]
         if gone:
-            index.remove(gone)  # deleted faces: forget them (a rebuild makes it permanent)
+            # Deleted faces, or faces embedded by other weights (an index from before
+            # the embedder changed): forget them (a rebuild makes it permanent).
+            index.remove(gone)
         live = [i for i in ids if i in rows]
         if len(live) >= k or len(hits) < want:
             break
@@ -192,16 +268,20 @@ def similar_faces(
 
 
 # --- rebuilding -------------------------------------------------------------------------
-def _random_sample(size: int, upto: int) -> np.ndarray:
+def _random_sample(size: int, upto: int, embedder: str | None = None) -> np.ndarray:
     """About ``size`` random stored embeddings (ids drawn in the id range, then read)."""
-    bounds = _embedded_faces().filter(pk__lte=upto).order_by("pk").values_list("pk", flat=True)
+    bounds = (
+        _embedded_faces(embedder).filter(pk__lte=upto).order_by("pk").values_list("pk", flat=True)
+    )
     first = bounds.first() or 0
     rng = random.Random(upto)
     picks = sorted({rng.randint(first, upto) for _ in range(size * 2)})
     blobs: list = []
     for start in range(0, len(picks), 900):  # SQLite's parameter limit
         part = picks[start : start + 900]
-        blobs.extend(_embedded_faces().filter(pk__in=part).values_list("embedding", flat=True))
+        blobs.extend(
+            _embedded_faces(embedder).filter(pk__in=part).values_list("embedding", flat=True)
+        )
     return Face.unpack_embeddings(blobs[:size])
 
 
@@ -224,10 +304,23 @@ def rebuild_face_index(
     installed.
     """
     directory = index_dir()
+    try:
+        with _file_lock(directory, ".rebuild.lock", wait=False):
+            return _rebuild(directory, progress=progress, log=log, check=check)
+    except BlockingIOError:
+        raise RebuildRunning(
+            "Another face index rebuild is running (it uses the same staging folder); "
+            "this one stopped without changing anything. Wait for the other one to finish."
+        ) from None
+
+
+def _rebuild(directory: Path, *, progress, log, check) -> dict[str, Any]:
     staging_dir = _staging(directory)
-    upto = _embedded_faces().order_by("-pk").values_list("pk", flat=True).first() or 0
-    total = _embedded_faces().filter(pk__lte=upto).count()
-    plan = {"upto": upto, "total": total}
+    embedder = index_embedder()  # only faces of one embedder are comparable
+    faces = _embedded_faces(embedder)
+    upto = faces.order_by("-pk").values_list("pk", flat=True).first() or 0
+    total = faces.filter(pk__lte=upto).count()
+    plan = {"upto": upto, "total": total, "embedder": embedder}
     staging = None
     plan_file = staging_dir / "plan.json"
     if plan_file.exists():
@@ -242,8 +335,11 @@ def rebuild_face_index(
         staging_dir.mkdir(parents=True)
         staging = FaceIndex(staging_dir, exact_max=_exact_max())
         spec = IndexSpec.for_size(total, _exact_max())
-        log(f"Building a {spec.label} index of {total:,} faces.")
-        sample = _random_sample(spec.train_size(), upto) if spec.train_size() else None
+        log(f"Building a {spec.label} index of {total:,} faces (embedder '{embedder}').")
+        others = _embedded_faces().exclude(embedder=embedder).count()
+        if others:
+            log(f"{others:,} faces of other embedders are left out (not comparable).")
+        sample = _random_sample(spec.train_size(), upto, embedder) if spec.train_size() else None
         if sample is not None:
             log(f"Training {spec.nlist} IVF cells on {len(sample):,} random faces …")
         staging.rebuild(iter(()), total=total, sample=sample, spec=spec, persist=False)
@@ -253,7 +349,7 @@ def rebuild_face_index(
     since_checkpoint = 0
     if progress:
         progress(done, total)
-    for ids, vectors in _chunks(staging.last_id, upto):
+    for ids, vectors in _chunks(staging.last_id, upto, embedder):
         check()
         staging.add(ids, vectors)
         done += len(ids)
@@ -268,7 +364,12 @@ def rebuild_face_index(
         # The finished index moves into the live directory: new file, then meta.json.
         target = staging
         target.directory = directory
-        target.meta = {"last_id": staging.last_id, "built_at": _now(), "unsaved": 0}
+        target.meta = {
+            "last_id": staging.last_id,
+            "built_at": _now(),
+            "unsaved": 0,
+            "embedder": embedder,
+        }
         target.persist(faces=total)
         shutil.rmtree(staging_dir, ignore_errors=True)
     stats = target.stats()
@@ -287,9 +388,15 @@ def index_status() -> dict[str, Any]:
     """Faces indexed / faces with embeddings, type, and whether a rebuild is advised."""
     from viva.models import Job
 
+    embedder = index_embedder()
     try:
-        stats = face_index().stats()
+        index = face_index()
+        stats = index.stats()
         error = ""
+        built_from = index.meta.get("embedder")
+        if built_from and built_from != embedder and index.count:
+            # Faces are embedded by other weights now: the index cannot take them in.
+            stats["rebuild_advised"] = True
     except FaceIndexError as exc:
         stats, error = {"count": 0, "type": "—", "rebuild_advised": True}, str(exc)
     # Counting a million face rows (with their blobs) costs a scan: cached briefly.
@@ -299,7 +406,7 @@ def index_status() -> dict[str, Any]:
         STATUS_CACHE_SECONDS,
     )
     last_job = Job.objects.filter(kind=JOB_KIND).order_by("-pk").first()
-    pending = _embedded_faces().filter(pk__gt=stats.get("last_id") or 0).count()
+    pending = _embedded_faces(embedder).filter(pk__gt=stats.get("last_id") or 0).count()
     return {
         **stats,
         "faces": faces,

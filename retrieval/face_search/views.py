@@ -26,14 +26,19 @@ from django.views.generic import TemplateView
 
 from annotation.acquisition import DOWNLOAD_MAX_BYTES
 from annotation.views.query import ImageInputForm
-from viva.jobs import start_job
 from viva.media import media_url
-from viva.models import Face, Image, Job
+from viva.models import Face, Image
 from viva.roles import Role, RoleRequiredMixin, has_role
 
 from . import query as face_query
 from .index import FaceIndexError
-from .service import JOB_KIND, SYNC_LIMIT, FaceSearchError, index_status, similar_faces
+from .service import (
+    SYNC_LIMIT,
+    FaceSearchError,
+    index_status,
+    similar_faces,
+    start_rebuild,
+)
 
 RESULTS = 500  # faces ranked per query (then paged)
 PER_PAGE = 48
@@ -165,7 +170,7 @@ class FaceSearchView(RoleRequiredMixin, TemplateView):
             "name": str(face.image),
             "image_id": face.image_id,
         }
-        return self.results(vector, query_ctx, exclude=(face.pk,))
+        return self.results(vector, query_ctx, exclude=(face.pk,), embedder=face.embedder)
 
     def search_image(self, raw: str) -> HttpResponse:
         image = Image.objects.filter(pk=int(raw)).first() if raw.isdigit() else None
@@ -250,9 +255,12 @@ class FaceSearchView(RoleRequiredMixin, TemplateView):
             "name": query.name,
         }
 
-    def results(self, vector, query_ctx: dict[str, Any], exclude=()) -> HttpResponse:
+    def results(
+        self, vector, query_ctx: dict[str, Any], exclude=(), embedder: str | None = None
+    ) -> HttpResponse:
+        """``embedder``: a stored face's own; ``None`` (an analysed picture): the current."""
         try:
-            pairs = similar_faces(vector, RESULTS, exclude_face_ids=exclude)
+            pairs = similar_faces(vector, RESULTS, exclude_face_ids=exclude, embedder=embedder)
         except (FaceSearchError, FaceIndexError) as exc:
             return self.problem(str(exc), status=503)
         page = Paginator(pairs, PER_PAGE).get_page(self.request.GET.get("page"))
@@ -318,8 +326,7 @@ class FaceIndexView(RoleRequiredMixin, View):
     min_role = Role.TRAINER
 
     def post(self, request: HttpRequest):
-        running = Job.objects.filter(kind=JOB_KIND, status__in=Job.ACTIVE).order_by("-pk")
-        job = running.first() or start_job(JOB_KIND, {}, user=request.user)
+        job = start_rebuild(request.user)
         if "application/json" in request.headers.get("Accept", ""):
             return JsonResponse(
                 {"job": job.pk, "status_url": reverse("jobs:status", kwargs={"pk": job.pk})}

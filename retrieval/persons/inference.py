@@ -54,9 +54,16 @@ DEFAULT_CHUNK_SIZE = 5000  # images; a chunk's faces are scored in one SVM call
 INSERT_BATCH = 5000
 
 
-def archive_faces():
-    """Faces inference scores: embedded faces of keyframes."""
-    return Face.objects.filter(embedding__isnull=False, image__video__isnull=False)
+def archive_faces(version: ModelVersion | None = None):
+    """Faces inference scores: embedded faces of keyframes — with a version, only those of
+    the embedder it was trained on (``config["embedder"]``; embeddings of other weights
+    are not comparable, their scores would be noise). Versions trained before the key
+    existed score every face."""
+    faces = Face.objects.filter(embedding__isnull=False, image__video__isnull=False)
+    config = (version.config or {}) if version is not None else {}
+    if "embedder" in config:
+        faces = faces.filter(embedder=config["embedder"] or "")
+    return faces
 
 
 def class_map_problem(version: ModelVersion) -> str | None:
@@ -109,7 +116,13 @@ def start_person_inference(user, options: dict | None = None) -> Job:
     problem = class_map_problem(version)
     if problem:
         raise InferenceRefused(problem)
-    if not archive_faces().exists():
+    if not archive_faces(version).exists():
+        if archive_faces().exists():
+            raise InferenceRefused(
+                f"There is nothing to recognise: no keyframe face was embedded by "
+                f"'{version.config.get('embedder') or 'unknown'}', the embedder {version} was "
+                "trained on. Train the person model again on the current faces."
+            )
         raise InferenceRefused(
             "There is nothing to recognise: no keyframe has an embedded face yet (run face "
             "detection and embedding first)."
@@ -158,7 +171,12 @@ def plan_chunks(run: InferenceRun, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
         if InferenceChunk.objects.filter(run=run).exists():
             run.refresh_from_db()
             return run.n_chunks
-        ids = archive_faces().order_by("image_id").values_list("image_id", flat=True).distinct()
+        ids = (
+            archive_faces(run.model_version)
+            .order_by("image_id")
+            .values_list("image_id", flat=True)
+            .distinct()
+        )
         rows: list[InferenceChunk] = []
         buffer: list[int] = []
         total = 0
@@ -189,10 +207,16 @@ class RecognisedChunk:
     rejected: int
 
 
-def recognise_chunk(chunk: InferenceChunk, model, category_ids: Sequence[int]) -> RecognisedChunk:
-    """Score the chunk's faces; per (image, person) keep the best accepted face."""
+def recognise_chunk(
+    chunk: InferenceChunk,
+    model,
+    category_ids: Sequence[int],
+    version: ModelVersion | None = None,
+) -> RecognisedChunk:
+    """Score the chunk's faces (of ``version``'s embedder); per (image, person) keep the
+    best accepted face."""
     faces = list(
-        archive_faces()
+        archive_faces(version if version is not None else chunk.run.model_version)
         .filter(image_id__gte=chunk.first_image_id, image_id__lte=chunk.last_image_id)
         .order_by("pk")
         .values_list("pk", "image_id", "embedding")
@@ -292,7 +316,7 @@ def work_on_run(
             time.sleep(wait_interval)
             continue
         try:
-            recognised = recognise_chunk(chunk, model, category_ids)
+            recognised = recognise_chunk(chunk, model, category_ids, version)
             beat(chunk, token)
             written = write_chunk(chunk, token, recognised)
         except BaseException:

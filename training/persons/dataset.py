@@ -23,7 +23,9 @@ import numpy as np
 from django.conf import settings
 from django.db.models import BooleanField, ExpressionWrapper, Q
 
+from annotation.clustering import majority_embedder
 from annotation.models import Annotation, Category, Label
+from retrieval.face_search.index import normalise  # unit rows; svm.py imports it from here
 from viva.models import Face
 
 from ..errors import TrainingError
@@ -69,21 +71,16 @@ class PersonDataset:
     unknown_x: np.ndarray
     unknown_face_ids: np.ndarray
     statuses: list[PersonStatus] = field(default_factory=list)
-    embedders: dict[str, int] = field(default_factory=dict)
+    embedders: dict[str, int] = field(default_factory=dict)  # chosen faces per embedder
     conflicts: int = 0
+    embedder: str = ""  # the one embedder whose faces were kept (``Face.embedder``)
+    other_embedder: int = 0  # chosen faces left out: embedded by another embedder
 
 
-def normalise(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (stored float16 embeddings are only nearly unit)."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, 1e-12)
-
-
-def _face_labels() -> tuple[dict[int, set[int]], set[int], set[int]]:
+def _face_labels() -> tuple[dict[int, set[int]], set[int], dict[int, str]]:
     """``(positive person ids per face, faces with a negative person label, faces with
-    an embedding)`` — one query over the person face labels (joined to the face, so no
-    list of ids is sent back to the database)."""
+    an embedding → their embedder)`` — one query over the person face labels (joined to
+    the face, so no list of ids is sent back to the database)."""
     rows = (
         Annotation.objects.filter(face__isnull=False, category__kind=Category.Kind.PERSON)
         .annotate(
@@ -91,14 +88,14 @@ def _face_labels() -> tuple[dict[int, set[int]], set[int], set[int]]:
                 Q(face__embedding__isnull=False), output_field=BooleanField()
             )
         )
-        .values_list("face_id", "category_id", "value", "embedded")
+        .values_list("face_id", "category_id", "value", "embedded", "face__embedder")
     )
     positive: dict[int, set[int]] = defaultdict(set)
     negative: set[int] = set()
-    embedded: set[int] = set()
-    for face_id, category_id, value, has_embedding in rows.iterator(chunk_size=10000):
+    embedded: dict[int, str] = {}
+    for face_id, category_id, value, has_embedding, embedder in rows.iterator(chunk_size=10000):
         if has_embedding:
-            embedded.add(face_id)
+            embedded[face_id] = embedder or ""
         if value == Label.POSITIVE:
             positive[face_id].add(category_id)
         elif value == Label.NEGATIVE:
@@ -142,8 +139,9 @@ def not_enough_message(statuses: list[PersonStatus], needed: int) -> str:
     return " ".join(lines)
 
 
-def _embeddings(face_ids: list[int]) -> tuple[np.ndarray, list[int], Counter]:
-    """Embeddings of ``face_ids`` in that order (faces deleted meanwhile are dropped)."""
+def _embeddings(face_ids: list[int]) -> tuple[np.ndarray, list[int], list[str]]:
+    """Embeddings of ``face_ids`` in that order (faces deleted meanwhile are dropped), with
+    each kept face's embedder."""
     found: dict[int, tuple[bytes, str]] = {}
     for start in range(0, len(face_ids), 5000):
         part = face_ids[start : start + 5000]
@@ -153,7 +151,15 @@ def _embeddings(face_ids: list[int]) -> tuple[np.ndarray, list[int], Counter]:
             found[pk] = (blob, embedder)
     kept = [pk for pk in face_ids if pk in found]
     x = Face.unpack_embeddings(found[pk][0] for pk in kept)
-    return normalise(x), kept, Counter(found[pk][1] or "unknown" for pk in kept)
+    return normalise(x), kept, [found[pk][1] for pk in kept]
+
+
+def _only(
+    embedder: str, x: np.ndarray, kept: list[int], kinds: list[str]
+) -> tuple[np.ndarray, list[int]]:
+    """The rows of ``x`` / ``kept`` whose embedder is ``embedder``."""
+    mask = np.array([k == embedder for k in kinds], dtype=bool)
+    return x[mask] if len(x) else x, [f for f, ok in zip(kept, mask.tolist(), strict=True) if ok]
 
 
 def load_dataset(
@@ -175,6 +181,27 @@ def load_dataset(
             conflicts += 1
         elif face_id in embedded:
             by_person[next(iter(persons))].append(face_id)
+    # Embeddings of different weights ("random" vs "vggface2") are not comparable: an SVM
+    # trained on both learns noise. Only the most common embedder's faces are used, and
+    # a person is eligible with enough faces of that embedder.
+    usable = [f for faces in by_person.values() for f in faces]
+    embedders = Counter(embedded[f] or "unknown" for f in usable)
+    embedder = majority_embedder(embedded[f] for f in usable)
+    other_embedder = sum(1 for f in usable if embedded[f] != embedder)
+    if other_embedder:
+        by_person = defaultdict(
+            list,
+            {p: [f for f in faces if embedded[f] == embedder] for p, faces in by_person.items()},
+        )
+        eligible = [s for s in eligible if len(by_person[s.category_id]) >= needed]
+        if len(eligible) < 2:
+            raise TrainingError(
+                f"Person recognition needs at least two persons with {needed} or more "
+                f"labelled faces embedded by the same weights; with '{embedder or 'unknown'}' "
+                f"(the most common) {len(eligible)} "
+                f"{'has' if len(eligible) == 1 else 'have'} enough. Faces per embedder: "
+                f"{dict(embedders)}; embed the faces again with one embedder."
+            )
     rng = np.random.default_rng(seed)
     eligible.sort(key=lambda s: s.name.lower())
     classes, chosen, labels = [], [], []
@@ -186,7 +213,8 @@ def load_dataset(
         )
         chosen += [int(f) for f in picked]
         labels += [index] * len(picked)
-    x, kept, embedders = _embeddings(chosen)
+    x, kept, kinds = _embeddings(chosen)
+    x, kept = _only(embedder, x, kept, kinds)  # faces embedded again meanwhile
     label_of = dict(zip(chosen, labels, strict=True))
     y = np.array([label_of[f] for f in kept], dtype=np.int64)
     used = Counter(y.tolist())
@@ -194,10 +222,11 @@ def load_dataset(
         c["used"] = int(used.get(c["index"], 0))
     if sum(1 for c in classes if c["used"] >= 2) < 2:
         raise TrainingError(not_enough_message(person_statuses(needed), needed))
-    unknown = sorted(f for f in negative if f not in positive and f in embedded)
+    unknown = sorted(f for f in negative if f not in positive and embedded.get(f, None) == embedder)
     if len(unknown) > MAX_UNKNOWN_FACES:
         unknown = sorted(rng.choice(unknown, MAX_UNKNOWN_FACES, replace=False).tolist())
-    ux, ukept, _ = _embeddings([int(f) for f in unknown])
+    ux, ukept, ukinds = _embeddings([int(f) for f in unknown])
+    ux, ukept = _only(embedder, ux, ukept, ukinds)
     return PersonDataset(
         x=x,
         y=y,
@@ -208,4 +237,6 @@ def load_dataset(
         statuses=statuses,
         embedders=dict(embedders),
         conflicts=conflicts,
+        embedder=embedder,
+        other_embedder=other_embedder,
     )

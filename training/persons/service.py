@@ -124,8 +124,13 @@ def train_persons(ctx) -> dict:
     warning = embedder_warning()
     if warning:
         ctx.log("WARNING: " + warning)
-    if len(data.embedders) > 1:
-        ctx.log(f"WARNING: the faces come from different embedders {data.embedders}.")
+    if data.other_embedder:
+        ctx.log(
+            f"WARNING: the faces come from different embedders {data.embedders}; "
+            f"{data.other_embedder} faces not embedded by '{data.embedder or 'unknown'}' "
+            "(the most common one) were left out: embeddings of different weights are "
+            "not comparable."
+        )
     ctx.log(
         f"{len(data.classes)} persons, {len(data.y)} faces (at most {cap} "
         f"per person), {len(data.unknown_x)} unknown faces to calibrate the rejection."
@@ -200,6 +205,8 @@ def train_persons(ctx) -> dict:
         "threshold": threshold.value,
         "calibrated_threshold": threshold.value,
         "embedders": data.embedders,
+        # Person inference scores only faces of this embedder (retrieval.persons.inference).
+        "embedder": data.embedder,
     }
     version = save_version(
         kind=KIND,
@@ -214,7 +221,7 @@ def train_persons(ctx) -> dict:
         metrics=metrics,
         evaluations=evaluations,
         train_config={**params, "max_faces": cap, "C": c, "seed": seed},
-        weights_source={"text": f"embeddings from {', '.join(data.embedders) or 'none'}"},
+        weights_source={"text": f"embeddings from {data.embedder or 'unknown'}"},
         val_scores={
             "y": data.y,
             "scores": cv.scores.astype(np.float32),

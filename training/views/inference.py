@@ -190,7 +190,7 @@ class InferenceView(RoleRequiredMixin, TemplateView):
             "person_threshold": (version.config or {}).get("threshold") if version else None,
             "person_job": job,
             "person_published": published_run(ModelVersion.Kind.PERSON),
-            "person_faces": person_inference.archive_faces().count() if version else 0,
+            "person_faces": person_inference.archive_faces(version).count() if version else 0,
         }
 
     def post(self, request, *args, **kwargs):
