@@ -160,6 +160,15 @@ def test_itq_codes_from_the_archive_and_the_encoder(db, tmp_path, settings):
     assert ok.all() and codes.shape == (12, 32)
     assert len({c.tobytes() for c in codes}) > 1  # not one constant code
 
+    # A query with the very file of an indexed image gets its code (same JPEG decoding).
+    big = tmp_path / "big.jpg"
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    PILImage.fromarray(noise).save(big, quality=90)
+    indexed, ok = encoder.encode_paths([big])
+    assert ok.all()
+    assert np.array_equal(encoder.encode_bytes([big.read_bytes()])[0], indexed[0])
+
     # without random weights allowed, a network without ImageNet weights is refused
     settings.VIVA_HASHING_ALLOW_RANDOM = False
     with pytest.raises(TrainingError, match="VIVA_HASHING_ALLOW_RANDOM"):

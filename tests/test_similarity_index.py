@@ -220,6 +220,7 @@ def test_rebuild_replaces_everything(make_index):
 
 def test_compaction_keeps_results(make_index, monkeypatch):
     monkeypatch.setattr(faiss_index, "TAIL_MIN", 300)
+    monkeypatch.setattr(faiss_index, "CLEAN_GRACE_S", 0)
     codes = random_codes(2000)
     index = make_index()
     for start in range(0, 2000, 250):
@@ -299,6 +300,56 @@ def test_another_process_persisting_is_picked_up(tmp_path):
     writer.remove([7])
     writer.persist()
     assert reader.search(codes[7], 1)[0][0] != 7
+
+
+def test_two_writers_of_one_folder_keep_each_others_codes(tmp_path):
+    """Two indexing jobs (two worker processes) open the same folder: under the write
+    lock the second reloads first, so neither persists over the other's codes."""
+    codes = random_codes(40)
+    first, second = FaissCodeIndex(tmp_path), FaissCodeIndex(tmp_path)
+    second.add(np.arange(0, 5), codes[:5])  # an unsaved change from before the lock
+    with first.writing():
+        first.add(np.arange(0, 20), codes[:20])
+        first.persist()
+    with second.writing():
+        assert second.count() == 20  # reloaded once the lock was held
+        second.add(np.arange(20, 40), codes[20:])
+        second.persist()
+    reopened = FaissCodeIndex(tmp_path)
+    assert reopened.count() == 40
+    assert reopened.search(codes[3], 1) == [(3, 0)]
+    assert reopened.load_error is None
+
+
+def test_write_lock_is_exclusive(tmp_path):
+    holder, other = FaissCodeIndex(tmp_path), FaissCodeIndex(tmp_path)
+    waited = []
+
+    def give_up():
+        waited.append(1)
+        raise RuntimeError("cancelled")
+
+    with holder.writing():
+        with pytest.raises(RuntimeError, match="cancelled"), other.writing(give_up):
+            pass
+    assert waited == [1]
+    with other.writing(give_up):  # free again
+        pass
+
+
+def test_clean_keeps_files_another_writer_just_moved_into_place(tmp_path, monkeypatch):
+    index = FaissCodeIndex(tmp_path)
+    index.add(np.arange(10), random_codes(10))
+    index.persist()
+    (tmp_path / "seg-999-1").mkdir()  # another writer's new segment, manifest not yet written
+    (tmp_path / "delta-999-1.npz").write_bytes(b"x")
+    for round_ in range(3):
+        index.add(np.arange(10 + round_, 11 + round_), random_codes(1, seed=round_))
+        index.persist()
+    assert (tmp_path / "seg-999-1").exists() and (tmp_path / "delta-999-1.npz").exists()
+    monkeypatch.setattr(faiss_index, "CLEAN_GRACE_S", 0)
+    index.persist()
+    assert not (tmp_path / "seg-999-1").exists()
 
 
 def test_concurrent_searches_while_adding(make_index):

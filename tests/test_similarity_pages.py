@@ -217,13 +217,15 @@ def test_before_any_index_the_page_says_so_and_offers_to_build(client_for, media
     )
     assert response.status_code == 200
     assert "no hash-code model" in response.content.decode()
-    # The button starts one job that fits codes first; a second click does not start another.
+    # The button starts the "Hash codes" page's fit (its checks: one hashing job at a
+    # time, device, weights), which indexes afterwards; a second click starts no other.
     response = trainer.post(reverse("retrieval:similar_index"))
     assert response.status_code == 302
-    job = Job.objects.get(kind=service.JOB_KIND)
-    assert job.params == {"fit_if_missing": True} and job.queue == "gpu"
-    trainer.post(reverse("retrieval:similar_index"))
-    assert Job.objects.filter(kind=service.JOB_KIND).count() == 1
+    job = Job.objects.get(kind=service.FIT_JOB_KIND)
+    assert job.queue == "gpu" and job.device
+    again = trainer.post(reverse("retrieval:similar_index"), follow=True)
+    assert "Another hashing job is still queued" in again.content.decode()
+    assert Job.objects.filter(kind__in=[service.FIT_JOB_KIND, service.JOB_KIND]).count() == 1
     html = trainer.get(reverse("retrieval:similar")).content.decode()
     assert f'data-status-url="{reverse("jobs:status", args=[job.pk])}"' in html
     assert 'role="progressbar"' in html
@@ -291,6 +293,36 @@ def test_api_by_upload_id_and_url(client_for, archive, web):
     assert response.json()["results"][0]["image"] == stills[7].pk
     bad = client.post(reverse("api-similar"), {"image": [SimpleUploadedFile("a.png", b"zz")]})
     assert bad.status_code == 400 and "a.png" in str(bad.json())
+
+
+def test_api_json_url_string_is_one_url(client_for, archive, web):
+    stills, _frames = archive
+    web["routes"]["/y.jpg"] = (200, "image/jpeg", media_path(stills[6].file).read_bytes())
+    response = client_for("researcher").post(
+        reverse("api-similar"),
+        {"url": web["base"] + "/y.jpg", "k": 1, "scope": "all"},
+        content_type="application/json",
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["results"][0]["image"] == stills[6].pk
+
+
+def test_api_limits_the_number_of_image_ids(client_for, archive):
+    from annotation.views.query import MAX_POSITIVES
+
+    stills, _frames = archive
+    client = client_for("researcher")
+    many = [stills[0].pk] * (MAX_POSITIVES + 1)
+    response = client.post(
+        reverse("api-similar"), {"image_id": many}, content_type="application/json"
+    )
+    assert response.status_code == 400 and "image_id" in response.json()
+    one = client.post(
+        reverse("api-similar"),
+        {"image_id": stills[0].pk, "scope": "all"},
+        content_type="application/json",
+    )
+    assert one.status_code == 200, one.content
 
 
 def test_api_without_index_is_409(client_for, media, fake_index):  # noqa: F811

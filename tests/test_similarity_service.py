@@ -17,6 +17,7 @@ import pytest
 from PIL import Image as PILImage
 
 from annotation import similarity
+from retrieval.hashing.encoder import _cache as encoder_cache
 from retrieval.models import HashCode
 from retrieval.search import backends, indexing, service
 from retrieval.search.base import IndexUnavailable, check_codes
@@ -51,6 +52,12 @@ class FakeEncoder:
     def encode_images(self, images) -> np.ndarray:
         self.calls += 1
         return np.stack([self.code(i) for i in images])
+
+    def encode_bytes(self, contents) -> np.ndarray:
+        import io
+
+        self.calls += 1
+        return np.stack([self.code(PILImage.open(io.BytesIO(c))) for c in contents])
 
     def encode_paths(self, paths):
         self.calls += 1
@@ -102,6 +109,9 @@ class FakeIndex:
         self._check()
         return len(self.codes)
 
+    def live_ids(self):
+        return np.array(sorted(self.codes), dtype=np.int64)
+
     def persist(self):
         self.persisted += 1
 
@@ -138,7 +148,7 @@ def fake_model(fake_index):
     """An active hashing version whose encoder is the FakeEncoder."""
     version = make_version()
     service.forget_encoders()
-    service._encoders[version.pk] = FakeEncoder(version)
+    encoder_cache[(version.pk, "")] = FakeEncoder(version)
     yield version
     service.forget_encoders()
 
@@ -193,7 +203,7 @@ def test_indexing_stores_codes_fills_backend_and_reports(media, fake_model, fake
     built, message = service.index_status()
     assert built and "6 of 6 images indexed" in message
     # A second run finds nothing to do and encodes nothing.
-    encoder = service._encoders[fake_model.pk]
+    encoder = encoder_cache[(fake_model.pk, "")]
     calls = encoder.calls
     again = indexing.index_images()
     assert (again.pending, again.indexed, again.rebuilt) == (0, 0, None)
@@ -268,6 +278,95 @@ def test_backend_is_rebuilt_from_stored_codes(media, fake_model, fake_index):
     assert fake_index.rebuilt == 1
     assert set(fake_index.codes) == set(kept)
     assert all(np.array_equal(fake_index.codes[i], kept[i]) for i in kept)
+
+
+def test_deleted_images_leave_the_index_without_a_rebuild(media, fake_model, fake_index):
+    stills = make_stills(5, media / "in")
+    indexing.index_images()
+    Image.objects.filter(pk=stills[1].pk).delete()  # its HashCode goes by cascade
+    report = indexing.index_images()
+    assert report.rebuilt is None and fake_index.rebuilt == 0
+    assert set(fake_index.codes) == {s.pk for s in stills} - {stills[1].pk}
+
+
+def test_indexing_holds_the_write_lock(media, fake_model, fake_index, monkeypatch):
+    """A second run of the same version waits for the first (two worker processes)."""
+    import fcntl
+
+    make_stills(2, media / "in")
+    path = indexing.lock_path(fake_model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    waits = []
+
+    def sleep(_seconds):
+        waits.append(1)
+        fcntl.flock(holder.fileno(), fcntl.LOCK_UN)  # the other run finishes
+
+    monkeypatch.setattr(indexing.time, "sleep", sleep)
+    with open(path, "a+b") as holder:
+        fcntl.flock(holder.fileno(), fcntl.LOCK_EX)
+        report = indexing.index_images()
+    assert waits and report.indexed == 2
+
+
+def test_full_run_marks_the_version_complete(media, fake_model, fake_index):
+    make_stills(2, media / "in")
+    indexing.index_images(image_ids=[Image.objects.first().pk])
+    fake_model.refresh_from_db()
+    assert not indexing.index_complete(fake_model)
+    indexing.index_images()
+    fake_model.refresh_from_db()
+    assert indexing.index_complete(fake_model)
+
+
+def test_new_model_without_codes_says_the_index_is_being_built(media, fake_model, fake_index):
+    stills = make_stills(3, media / "in")
+    ModelVersion.objects.filter(pk=fake_model.pk).update(is_active=False)
+    newer = make_version(2)
+    encoder_cache[(newer.pk, "")] = FakeEncoder(newer)
+    with pytest.raises(similarity.IndexNotBuilt, match="being built"):
+        service.search([stills[0].pk], 5)
+
+
+def test_new_model_searches_the_previous_complete_index_until_its_own_is(
+    media, fake_model, fake_index, monkeypatch
+):
+    per_version: dict[int, FakeIndex] = {}
+    monkeypatch.setattr(
+        backends, "_open", lambda version, name: per_version.setdefault(version.pk, FakeIndex())
+    )
+    backends.forget()
+    stills = make_stills(4, media / "in")
+    indexing.index_images()  # v1: complete
+    ModelVersion.objects.filter(pk=fake_model.pk).update(is_active=False)
+    newer = make_version(2)
+    encoder_cache[(newer.pk, "")] = FakeEncoder(newer)
+    indexing.index_images(newer, image_ids=[stills[0].pk])  # partial
+    assert service.searchable_version() == fake_model
+    assert len(service.search([stills[1].pk], 10)) == 3
+    current = service.status()
+    assert current.built and current.version == fake_model and current.n_codes == 4
+    assert "new hashing model v2 is being built" in current.message
+    indexing.index_images(newer)
+    assert service.searchable_version() == newer
+
+
+def test_encoder_cache_keeps_only_the_newest(media, fake_model, monkeypatch):
+    from retrieval.hashing import encoder as enc
+
+    built = []
+
+    class Built:
+        def __init__(self, version, perm, device=None):
+            built.append(version.pk)
+
+    monkeypatch.setattr(enc, "HashEncoder", Built)
+    monkeypatch.setattr(enc, "stored_permutation", lambda version: None)
+    newer = make_version(2, active=False)
+    first = service.get_encoder(fake_model)
+    assert service.get_encoder(fake_model) is first
+    service.get_encoder(newer)
+    assert list(encoder_cache) == [(newer.pk, "")]
 
 
 # --------------------------------------------------------------------------- queries
@@ -360,6 +459,33 @@ def test_new_images_start_one_indexing_job(media, fake_model, django_capture_on_
     jobs = list(Job.objects.filter(kind=service.JOB_KIND))
     assert len(jobs) == 1
     assert jobs[0].params["image_ids"] == [3, 5, 9]
+
+
+def test_new_images_join_a_queued_full_indexing_job(
+    media, fake_model, django_capture_on_commit_callbacks
+):
+    from viva.signals import send_images_added
+
+    full, started = service.start_index_job({}, title="full")
+    assert started
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        send_images_added([4, 2], source="import")
+    callbacks[-1]()
+    assert list(Job.objects.filter(kind=service.JOB_KIND)) == [full]
+    assert service.start_index_job({}, title="again") == (full, False)
+
+
+def test_redelivered_fit_job_starts_its_missing_index_job(media, fake_model, users):
+    from retrieval.hashing.jobs import FIT_JOB, _already_done
+    from viva.jobs import JobContext
+
+    fit = Job.objects.create(kind=FIT_JOB, params={})
+    ModelVersion.objects.filter(pk=fake_model.pk).update(job=fit)
+    ctx = JobContext(fit)
+    assert _already_done(ctx)["version"] == fake_model.version
+    assert Job.objects.filter(kind=service.JOB_KIND).count() == 1
+    _already_done(ctx)  # a third delivery: the index job exists already
+    assert Job.objects.filter(kind=service.JOB_KIND).count() == 1
 
 
 def test_no_model_no_job(media, fake_index, django_capture_on_commit_callbacks):
@@ -463,7 +589,7 @@ def test_elasticsearch_down_is_a_clear_error(es_settings, media, users):
 
     es_settings.VIVA_ES_URL = closed_port_url()
     version = make_version()
-    service._encoders[version.pk] = FakeEncoder(version)
+    encoder_cache[(version.pk, "")] = FakeEncoder(version)
     stills = make_stills(2, media / "in")
     HashCode.objects.create(version=version, image=stills[0], code=bytes(32))
     assert service.index_status()[0]  # from the database: the acquisition pages stay fast
@@ -480,7 +606,7 @@ def test_indexing_and_search_in_elasticsearch(es_settings, media, es_url):  # no
     es_settings.VIVA_ES_URL = es_url
     es_settings.VIVA_ES_NEIGHBOURS_INDEX = NBS
     version = make_version()
-    service._encoders[version.pk] = FakeEncoder(version)
+    encoder_cache[(version.pk, "")] = FakeEncoder(version)
     stills = make_stills(6, media / "in")
     report = indexing.index_images(version, chunk_size=4)
     assert report.indexed == 6 and report.n_index == 6
@@ -491,7 +617,10 @@ def test_indexing_and_search_in_elasticsearch(es_settings, media, es_url):  # no
     # A new hashing model gets its own index: the old codes never answer its queries.
     ModelVersion.objects.filter(pk=version.pk).update(is_active=False)
     newer = make_version(2)
-    service._encoders[newer.pk] = FakeEncoder(newer)
+    encoder_cache[(newer.pk, "")] = FakeEncoder(newer)
     assert indexing.index_images(newer, image_ids=[stills[0].pk]).n_index == 1
+    # Until a full run of the new model completes, the complete old index answers.
+    assert len(service.similar_images([stills[3].pk], 5)) == 5
+    indexing._mark_complete(newer)
     assert [i for i, _ in service.similar_images([stills[3].pk], 5)] == [stills[0].pk]
     service.forget_encoders()

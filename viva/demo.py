@@ -338,16 +338,29 @@ def build_demo(
         job = start_job("worker_check", {"steps": 30, "delay": 0.2}, title="Worker check (demo)")
         report.worker_job_id = job.pk
         # Similarity search out of the box: unsupervised hash codes, then the index. The
-        # demo asks for a randomly initialised backbone (no weights can be downloaded
-        # offline); the "Hash codes" page says so, and fitting again with ImageNet weights
-        # installed replaces it.
+        # demo uses the backbone's ImageNet weights when they are on this machine, else a
+        # randomly initialised backbone (no weights can be downloaded offline); the "Hash
+        # codes" page says so, and fitting again with ImageNet weights replaces it.
         job = start_job(
             "index_images",
-            {"fit_if_missing": True, "init": "random", "sample_size": 2000},
+            {"fit_if_missing": True, "init": _hashing_init(), "sample_size": 2000},
             title="Similarity index (demo)",
         )
         report.index_job_id = job.pk
     return report
+
+
+def _hashing_init() -> str:
+    """``"pretrained"`` when the hashing backbone's ImageNet weights are on this machine
+    (nothing is downloaded to find out), else ``"random"``."""
+    from retrieval.hashing.options import default_network
+    from training.weights import WeightsUnavailable, resolve_weights
+
+    try:
+        resolve_weights(default_network(), "pretrained", allow_download=False)
+    except (WeightsUnavailable, ValueError):
+        return "random"
+    return "pretrained"
 
 
 def _report_job(job: Job, say: Say) -> int:

@@ -2,7 +2,7 @@
 
 The web process imports this module (query by example) without loading torch: torch, the
 network and the weights are loaded the first time :func:`load_encoder` builds an encoder,
-and encoders are cached per process per model version (and device).
+and the last encoder built is kept per process (one network in memory).
 
 Every code is permuted by the version's stored bit permutation (:mod:`.bits`), so it is
 ready for any index backend. A version without a valid permutation is refused: its codes
@@ -89,6 +89,11 @@ def load_encoder(version: ModelVersion | None = None, *, device: str | None = No
         ).first()
         if version is None:
             raise HashingModelMissing()
+    key = (version.pk, device or "")
+    with _lock:
+        encoder = _cache.get(key)
+        if encoder is not None:
+            return encoder
     if version.kind != ModelVersion.Kind.HASHING:
         raise SimilarityError(f"{version} is not a hashing model.")
     perm = stored_permutation(version)
@@ -97,11 +102,13 @@ def load_encoder(version: ModelVersion | None = None, *, device: str | None = No
         raise SimilarityError(
             f"{version} makes {bits}-bit codes; the index needs {CODE_BITS}-bit codes."
         )
-    key = (version.pk, device or "")
     with _lock:
         encoder = _cache.get(key)
         if encoder is None:
             encoder = HashEncoder(version, perm, device=device)
+            # Only the newest encoder stays: a process that used an older model (or
+            # another device) releases that network instead of keeping every one.
+            _cache.clear()
             _cache[key] = encoder
     return encoder
 
@@ -151,6 +158,31 @@ class HashEncoder:
         from training.preprocessing import to_uint8_tensor
 
         tensors = [to_uint8_tensor(self.pre.resize_image(img.convert("RGB"))) for img in images]
+        return self._codes(tensors)
+
+    def encode_bytes(self, contents: Sequence[bytes]) -> np.ndarray:
+        """Encoded image files (uploads, fetched URLs) → permuted codes ``uint8 (n, 32)``,
+        decoded the way :meth:`encode_paths` decodes the archive's files (JPEG ``draft``
+        at the model's input size, then the same resize), so the very file of an indexed
+        keyframe gets its stored code (distance 0). EXIF orientation is applied after
+        decoding, as for every query picture. Raises ``SimilarityError`` for a file that
+        cannot be decoded."""
+        import io
+
+        from PIL import ImageOps
+
+        from training.preprocessing import to_uint8_tensor
+
+        tensors = []
+        for content in contents:
+            try:
+                with self.pre.open(io.BytesIO(content)) as img:
+                    upright = ImageOps.exif_transpose(img) or img
+                    tensors.append(to_uint8_tensor(self.pre.resize_image(upright)))
+            except SimilarityError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - truncated, not an image …
+                raise SimilarityError(f"A query image could not be decoded ({exc}).") from exc
         return self._codes(tensors)
 
     def encode_paths(self, paths: Sequence[Path | str]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from django.conf import settings
 
 from training.dataset import Augmentation, ImageFileDataset, make_loader
 from training.network_specs import get_spec
@@ -27,10 +26,7 @@ from training.weights import (
 )
 
 from .network import PooledBackbone
-
-
-def random_allowed() -> bool:
-    return bool(getattr(settings, "VIVA_HASHING_ALLOW_RANDOM", False))
+from .service import random_allowed
 
 
 def resolve_backbone_weights(network: str, init: str = "pretrained", log=None) -> ResolvedWeights:

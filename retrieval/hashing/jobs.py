@@ -8,7 +8,7 @@ job cached (ITQ feature chunks, deep hashing epoch checkpoints).
 
 from __future__ import annotations
 
-from viva.jobs import JobContext, job_handler, start_job
+from viva.jobs import JobContext, job_handler
 
 FIT_JOB = "fit_hash_codes"
 TRAIN_JOB = "train_hashing"
@@ -33,7 +33,22 @@ def _already_done(ctx: JobContext) -> dict | None:
     if done is None:
         return None
     ctx.log(f"This job already saved {done}; nothing to do.")
+    _resume_indexing(ctx, done)
     return _result(done, f"Already saved as {done}.")
+
+
+def _resume_indexing(ctx: JobContext, version) -> None:
+    """A redelivered job whose first delivery died between saving the version and
+    starting its indexing job: start it now (when the version is still active, has no
+    codes, and no indexing job started since the version was saved)."""
+    from retrieval.models import HashCode
+    from retrieval.search.service import full_index_job
+
+    if not version.is_active or HashCode.objects.filter(version=version).exists():
+        return
+    if full_index_job(since=version.created_at) is not None:
+        return
+    _index_archive(ctx, version)
 
 
 def _result(version, summary: str) -> dict:
@@ -71,8 +86,13 @@ def fit_hash_codes_job(ctx: JobContext) -> dict:
 def _index_archive(ctx: JobContext, version) -> None:
     """A new active hashing model makes the old codes useless: index the archive with it
     (the indexing job only encodes images without a code of the active model)."""
-    job = start_job("index_images", {}, user=_user(ctx), title=f"Similarity index ({version})")
-    ctx.log(f"Started job #{job.pk} to index the archive with {version}.")
+    from retrieval.search.service import start_index_job
+
+    job, started = start_index_job({}, user=_user(ctx), title=f"Similarity index ({version})")
+    if started:
+        ctx.log(f"Started job #{job.pk} to index the archive with {version}.")
+    else:
+        ctx.log(f"Job #{job.pk}, queued already, indexes the archive with {version}.")
 
 
 @job_handler(TRAIN_JOB, queue="gpu", label="deep hashing training")

@@ -46,6 +46,8 @@ def running_job() -> Job | None:
 
 
 def random_allowed() -> bool:
+    """Whether a hashing backbone may start from random weights (tests, demo); the one
+    definition, also used by :mod:`.features`."""
     return bool(getattr(settings, "VIVA_HASHING_ALLOW_RANDOM", False))
 
 
@@ -161,7 +163,10 @@ def start_deep(user, options: dict) -> Job:
 
 
 def active_hashing_version() -> ModelVersion | None:
-    return ModelVersion.objects.filter(kind=ModelVersion.Kind.HASHING, is_active=True).first()
+    """The active hashing model (one definition: the similarity search's)."""
+    from ..search.service import active_version
+
+    return active_version()
 
 
 def list_hashing_versions():

@@ -30,7 +30,9 @@ from . import service
 
 
 class SimilarParams(serializers.Serializer):
-    image_id = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False)
+    image_id = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=MAX_POSITIVES
+    )
     category = serializers.IntegerField(min_value=1, required=False)
     k = serializers.IntegerField(min_value=1, max_value=similarity.MAX_K, default=100)
     scope = serializers.ChoiceField(choices=["keyframes", "all"], default="keyframes")
@@ -65,11 +67,11 @@ class SimilarView(APIView):
     )
     def post(self, request, format=None):
         data = request.data
-        getlist = data.getlist if hasattr(data, "getlist") else lambda key: data.get(key) or []
+        getlist = data.getlist if hasattr(data, "getlist") else lambda key: _as_list(data.get(key))
         ids = getlist("image_id")
         checked = SimilarParams(
             data={
-                **({"image_id": ids if isinstance(ids, list) else [ids]} if ids else {}),
+                **({"image_id": ids} if ids else {}),
                 **{key: data[key] for key in ("category", "k", "scope") if data.get(key)},
             }
         )
@@ -112,7 +114,7 @@ class SimilarView(APIView):
                 raise ValidationError({"category": [f"“{category.name}” has no positive images."]})
             return ids
         form = ImageInputForm(
-            {"urls": "\n".join(getlist("url"))},
+            {"urls": "\n".join(str(u) for u in getlist("url"))},
             MultiValueDict({"files": request.FILES.getlist("image")}),
         )
         if not form.is_valid():
@@ -124,7 +126,16 @@ class SimilarView(APIView):
         images, problems = form.load_images()
         if problems:
             raise ValidationError({"query": problems})
-        return [i.to_pil() for i in images]
+        # The files themselves: decoded exactly as the archive was when indexed.
+        return [i.content for i in images]
+
+
+def _as_list(value) -> list:
+    """A JSON body's value as a list: a single value (``"url": "https://…"``) is one item,
+    never split into its characters."""
+    if value is None or value == "" or value == []:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _rows(results: list[tuple[int, float]]) -> list[dict]:

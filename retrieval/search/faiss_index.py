@@ -28,6 +28,8 @@ and reload. Within a process, writers hold a lock and publish an immutable
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import mmap
@@ -36,7 +38,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,11 @@ TAIL_MIN = 65_536
 TAIL_FRACTION = 32
 #: … and the segment is rewritten when more than this share of it is tombstones.
 DEAD_FRACTION = 0.25
+#: Writers hold an exclusive ``flock`` on this file (see :meth:`FaissCodeIndex.writing`).
+WRITE_LOCK = ".write.lock"
+#: ``_clean`` never deletes segments or deltas younger than this: another writer may have
+#: just moved them into place without having written its manifest yet.
+CLEAN_GRACE_S = 600
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int64)
 _EMPTY_CODES = np.zeros((0, CODE_BYTES), dtype=np.uint8)
@@ -266,7 +273,37 @@ class FaissCodeIndex:
     def _params(self) -> tuple[int, int, int]:
         return self.shortlist, self.max_radius, self.threads
 
+    def live_ids(self) -> np.ndarray:
+        """The ids the index holds now (sorted)."""
+        self._maybe_reload()
+        s = self._state
+        return np.sort(np.concatenate([np.asarray(s.ids)[~s.dead], s.tail_ids]))
+
     # ------------------------------------------------------------------ writing
+
+    @contextlib.contextmanager
+    def writing(self, wait: Callable[[], None] | None = None) -> Iterator[FaissCodeIndex]:
+        """Hold the exclusive write lock of the directory (one writer per version across
+        processes), reloading the files once it is held, so this object changes the
+        index as the last writer left it. ``wait`` is called about once a second while
+        another writer holds the lock (it may raise to give up, e.g. a cancelled job)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.directory / WRITE_LOCK, "a+b") as handle:
+            while True:
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if wait is not None:
+                        wait()
+                    time.sleep(1.0)
+            try:
+                with self._lock:
+                    self._dirty = False
+                    self._load()
+                yield self
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def add(self, ids: np.ndarray, codes: np.ndarray) -> None:
         codes = check_codes(codes)
@@ -416,8 +453,14 @@ class FaissCodeIndex:
             name = path.name
             if name in keep or not name.startswith(("seg-", "delta-", ".tmp-")):
                 continue
-            if name.startswith(".tmp-") and time.time() - path.stat().st_mtime < 3600:
+            try:
+                age = time.time() - path.stat().st_mtime
+            except OSError:
+                continue
+            if name.startswith(".tmp-") and age < 3600:
                 continue  # another writer may be writing it now
+            if age < CLEAN_GRACE_S:
+                continue  # another writer may have just moved it into place
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -16,12 +16,16 @@ lost), so the database is the source of truth and the backend is always reproduc
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.urls import reverse
@@ -119,13 +123,35 @@ def stored_batches(
         last = rows[-1][0]
 
 
+def _stale_ids(index, version: ModelVersion) -> np.ndarray:
+    """Ids the index holds without a stored code (deleted images: their codes went with
+    them by cascade); empty when the backend cannot list its ids."""
+    if not hasattr(index, "live_ids"):
+        return np.zeros(0, dtype=np.int64)
+    stored = np.fromiter(
+        HashCode.objects.filter(version=version).values_list("image_id", flat=True).iterator(),
+        dtype=np.int64,
+    )
+    return np.setdiff1d(index.live_ids(), stored, assume_unique=False)
+
+
 def reconcile(index, version: ModelVersion, ctx: JobContext | None = None) -> int | None:
-    """Rebuild the backend from the stored codes when it holds another number of codes;
-    returns how many codes were re-indexed (``None``: nothing to do)."""
+    """Make the backend hold the stored codes: ids of deleted images are removed from it
+    (cheap), and it is rebuilt from the stored codes only when codes are missing; returns
+    how many codes were re-indexed (``None``: no rebuild)."""
     n_codes = HashCode.objects.filter(version=version).count()
     n_index = index.count()
     if n_index == n_codes:
         return None
+    if n_index > n_codes:
+        stale = _stale_ids(index, version)
+        if len(stale):
+            index.remove(stale)
+            index.persist()
+            _log(ctx, f"Removed {len(stale):,} deleted images from the index.")
+            n_index = index.count()
+            if n_index == n_codes:
+                return None
     _log(
         ctx,
         f"The index holds {n_index:,} codes but {n_codes:,} are stored; rebuilding it "
@@ -148,6 +174,69 @@ def reconcile(index, version: ModelVersion, ctx: JobContext | None = None) -> in
     return n_codes
 
 
+def lock_path(version: ModelVersion) -> Path:
+    """The file whose exclusive ``flock`` one indexing run of ``version`` holds (any
+    backend: for FAISS the index folder's own lock file)."""
+    if backends.backend_name() == "faiss":
+        from .faiss_index import WRITE_LOCK
+
+        return backends.faiss_directory(version) / WRITE_LOCK
+    return Path(settings.VIVA_INDEX_DIR) / "locks" / f"es-{version.pk}.lock"
+
+
+@contextlib.contextmanager
+def writer_lock(index, version: ModelVersion, ctx: JobContext | None = None):
+    """One writer per version at a time, across processes (``runall`` runs two workers):
+    two runs writing the same FAISS folder would each persist their own copy (losing the
+    other's codes) and delete each other's new files; two Elasticsearch rebuilds would
+    delete each other's new index. The index is reloaded once the lock is held."""
+    logged = False
+
+    def wait() -> None:
+        nonlocal logged
+        if not logged:
+            _log(ctx, "Waiting for another indexing job of this model to finish …")
+            if ctx:
+                ctx.progress(0, None, note="Waiting for another indexing job …")
+            logged = True
+        if ctx:
+            ctx.check_cancelled()
+
+    if hasattr(index, "writing"):
+        with index.writing(wait):
+            yield
+        return
+    path = lock_path(version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                wait()
+                time.sleep(1.0)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def index_complete(version: ModelVersion) -> bool:
+    """Whether a full indexing run of ``version`` has finished (its codes are complete)."""
+    return bool((version.metrics or {}).get("index_complete"))
+
+
+def _mark_complete(version: ModelVersion) -> None:
+    with transaction.atomic():
+        row = ModelVersion.objects.select_for_update().get(pk=version.pk)
+        metrics = dict(row.metrics or {})
+        if not metrics.get("index_complete"):
+            metrics["index_complete"] = True
+            ModelVersion.objects.filter(pk=row.pk).update(metrics=metrics)
+        version.metrics = metrics
+
+
 def index_images(
     version: ModelVersion | None = None,
     *,
@@ -167,6 +256,24 @@ def index_images(
     started = time.monotonic()
     report = IndexingReport(version=version.version, backend=backends.backend_label())
     index = backends.get_index(version, fresh=True)
+    with writer_lock(index, version, ctx):
+        _index_locked(version, index, report, image_ids, chunk_size, ctx, started)
+    if image_ids is None:
+        _mark_complete(version)
+    backends.forget(version)
+    _log(ctx, report.as_dict()["summary"])
+    return report
+
+
+def _index_locked(
+    version: ModelVersion,
+    index,
+    report: IndexingReport,
+    image_ids: Sequence[int] | None,
+    chunk_size: int,
+    ctx: JobContext | None,
+    started: float,
+) -> None:
     if hasattr(index, "setup"):
         index.setup()  # Elasticsearch: mapping, neighbour index and script (idempotent)
     report.rebuilt = reconcile(index, version, ctx)
@@ -226,9 +333,6 @@ def index_images(
     report.seconds = time.monotonic() - started
     report.n_codes = HashCode.objects.filter(version=version).count()
     report.n_index = index.count()
-    backends.forget(version)
-    _log(ctx, report.as_dict()["summary"])
-    return report
 
 
 def _store(version: ModelVersion, ids: np.ndarray, codes: np.ndarray | None) -> None:

@@ -1,8 +1,9 @@
 """Index new images as they arrive (issue 6, item 3): the ``images_added`` receiver.
 
-One ``index_images`` job per signal (an import of 500 keyframes is one job, not 500), and
-only when a hashing model exists: without one there is nothing to encode with, and the
-full indexing job will cover these images when the index is built.
+One ``index_images`` job per signal (an import of 500 keyframes is one job, not 500), none
+while a full indexing job is queued (it covers them), and only when a hashing model
+exists: without one there is nothing to encode with, and the full indexing job will cover
+these images when the index is built.
 """
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ def index_new_images(sender, image_ids=None, source: str = "", **kwargs) -> None
         ids = sorted({int(i) for i in image_ids or []})
         if not ids:
             return
-        from viva.jobs import start_job
-
-        from .service import JOB_KIND, active_version
+        from .service import active_version, start_index_job
 
         version = active_version()
         if version is None:
             return
-        start_job(
-            JOB_KIND,
+        # A queued full indexing job covers these images (it looks for every image
+        # without a code when it starts): no second job then. Others run one after the
+        # other (one writer per index: indexing.writer_lock).
+        start_index_job(
             {"image_ids": ids, "source": source},
             title=f"Index {len(ids)} new image(s) ({source or 'import'})",
         )

@@ -15,10 +15,9 @@ it is like any one of them. The query images themselves are never part of the re
 
 from __future__ import annotations
 
-import threading
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
@@ -68,6 +67,76 @@ def active_version() -> ModelVersion | None:
     return ModelVersion.objects.filter(kind=ModelVersion.Kind.HASHING, is_active=True).first()
 
 
+INDEX_BUILDING_MESSAGE = (
+    "The similarity index for the new hashing model v{version} is being built: no image "
+    "has been indexed with it yet. Try again in a few minutes (the jobs page shows the "
+    "progress)."
+)
+
+
+def searchable_version() -> ModelVersion | None:
+    """The hashing model whose codes a query is run against: the active one once a full
+    indexing run of it has finished; until then the newest earlier model whose index is
+    complete (so a new model does not make search return nothing or a partial answer),
+    or, when there is none, the active one if it has any code. Raises
+    :class:`IndexNotBuilt` when no model has codes; ``None`` when there is no model."""
+    from ..models import HashCode
+    from .indexing import index_complete
+
+    version = active_version()
+    if version is None or index_complete(version):
+        return version
+    previous = ModelVersion.objects.filter(
+        kind=ModelVersion.Kind.HASHING, version__lt=version.version
+    ).order_by("-version")
+    for older in previous:
+        if index_complete(older) and HashCode.objects.filter(version=older).exists():
+            return older
+    if HashCode.objects.filter(version=version).exists():
+        return version
+    raise IndexNotBuilt(INDEX_BUILDING_MESSAGE.format(version=version.version))
+
+
+def full_index_job(statuses: Sequence[str] = Job.ACTIVE, *, since=None) -> Job | None:
+    """The newest indexing job of the whole archive (not one for new images only) in one
+    of ``statuses`` (created at or after ``since`` when given)."""
+    jobs = Job.objects.filter(kind=JOB_KIND, status__in=list(statuses))
+    if since is not None:
+        jobs = jobs.filter(created_at__gte=since)
+    for job in jobs.order_by("-pk"):
+        if not (job.params or {}).get("image_ids"):
+            return job
+    return None
+
+
+def start_index_job(
+    params: dict | None = None,
+    *,
+    user=None,
+    title: str = "",
+    coalesce: Sequence[str] = (Job.Status.QUEUED,),
+) -> tuple[Job, bool]:
+    """Start an indexing job unless a full one in ``coalesce`` statuses exists already:
+    ``(job, started)``, the existing job with ``started`` False then. A queued full job
+    covers everything (it looks for the images without a code when it starts). The check
+    and the start hold the active hashing model's row lock, so two requests (or a
+    request and a worker) cannot both pass the check."""
+    from django.db import transaction
+
+    from viva.jobs import start_job
+
+    with transaction.atomic():
+        list(
+            ModelVersion.objects.select_for_update().filter(
+                kind=ModelVersion.Kind.HASHING, is_active=True
+            )
+        )
+        existing = full_index_job(coalesce)
+        if existing is not None:
+            return existing, False
+        return start_job(JOB_KIND, params or {}, user=user, title=title), True
+
+
 def last_index_job() -> Job | None:
     return (
         Job.objects.filter(kind__in=[JOB_KIND, FIT_JOB_KIND])
@@ -88,21 +157,30 @@ def status(*, ask_backend: bool = False) -> IndexStatus:
     job = last_index_job()
     if version is None:
         return IndexStatus(False, NO_MODEL_MESSAGE, None, label, 0, n_images, job=job)
-    n_codes = HashCode.objects.filter(version=version).count()
-    if not n_codes:
+    try:
+        used = searchable_version()
+    except IndexNotBuilt:
+        used = None
+    if used is None:
         message = (
             f"The archive's similarity index is not built yet: hashing model "
             f"v{version.version} exists, but no image has been indexed with it. A trainer "
             "can build the index from the similarity search page."
         )
         return IndexStatus(False, message, version, label, 0, n_images, job=job)
+    n_codes = HashCode.objects.filter(version=used).count()
     message = (
-        f"{n_codes:,} of {n_images:,} images indexed (hashing model v{version.version}, {label})."
+        f"{n_codes:,} of {n_images:,} images indexed (hashing model v{used.version}, {label})."
     )
-    result = IndexStatus(True, message, version, label, n_codes, n_images, job=job)
+    if used.pk != version.pk:
+        message += (
+            f" The index for the new hashing model v{version.version} is being built; "
+            "searches use the previous one until it is complete."
+        )
+    result = IndexStatus(True, message, used, label, n_codes, n_images, job=job)
     if ask_backend:
         try:
-            index = backends.get_index(version)
+            index = backends.get_index(used)
             result.n_index = index.count()
             result.backend_error = getattr(index, "load_error", None) or ""
         except SimilarityError as exc:
@@ -135,30 +213,21 @@ def unavailable(exc: Exception) -> IndexUnavailable:
 
 # --------------------------------------------------------------------------- encoding
 
-_encoder_lock = threading.Lock()
-_encoders: dict[int, Any] = {}
-
 
 def get_encoder(version: ModelVersion):
-    """The hashing model's encoder, loaded once per process (a CNN; loading costs seconds)."""
-    with _encoder_lock:
-        encoder = _encoders.get(version.pk)
-        if encoder is None:
-            from ..hashing.encoder import load_encoder
+    """The hashing model's encoder, loaded once per process (a CNN; loading costs seconds).
+    The hashing package's cache keeps only the newest encoder, so an old model's network
+    is released when a new one is used."""
+    from ..hashing.encoder import load_encoder
 
-            encoder = load_encoder(version)
-            _encoders.clear()  # only the active model's encoder stays in memory
-            _encoders[version.pk] = encoder
-        return encoder
+    return load_encoder(version)
 
 
 def forget_encoders() -> None:
-    """Drop loaded encoders here and in the hashing package's cache (tests; a process
-    that must see a model version's files change)."""
+    """Drop loaded encoders (tests; a process that must see a model version's files
+    change)."""
     from ..hashing.encoder import clear_cache
 
-    with _encoder_lock:
-        _encoders.clear()
     clear_cache()
 
 
@@ -194,8 +263,16 @@ def codes_for_images(version: ModelVersion, image_ids: Sequence[int]) -> np.ndar
     return check_codes(np.stack([codes[i] for i in ids if i in codes]))
 
 
-def codes_for_pictures(version: ModelVersion, pictures: Sequence[PILImage.Image]) -> np.ndarray:
-    return check_codes(get_encoder(version).encode_images([p.convert("RGB") for p in pictures]))
+def codes_for_pictures(
+    version: ModelVersion, pictures: Sequence[PILImage.Image | bytes]
+) -> np.ndarray:
+    """Codes of query pictures: decoded images, or image files as bytes (uploads, fetched
+    URLs), which are decoded exactly as the archive's files are when indexed."""
+    encoder = get_encoder(version)
+    if all(isinstance(p, bytes) for p in pictures):
+        return check_codes(encoder.encode_bytes(list(pictures)))
+    decoded = [PILImage.open(io.BytesIO(p)) if isinstance(p, bytes) else p for p in pictures]
+    return check_codes(encoder.encode_images([p.convert("RGB") for p in decoded]))
 
 
 # --------------------------------------------------------------------------- search
@@ -220,7 +297,7 @@ def _search_codes(index, codes: np.ndarray, k: int) -> tuple[dict[int, int], boo
 
 
 def search(
-    query: Sequence[PILImage.Image] | Sequence[int], k: int, *, keyframes_only: bool = False
+    query: Sequence[PILImage.Image | bytes] | Sequence[int], k: int, *, keyframes_only: bool = False
 ) -> list[tuple[int, float]]:
     """The ``k`` nearest images to the query as ``(image id, Hamming distance)``, nearest
     first (ties by id); query images excluded; ``keyframes_only`` drops stills and web
@@ -229,11 +306,11 @@ def search(
     query = list(query)
     if not query:
         raise ValueError("A similarity query needs at least one image.")
-    version = active_version()
+    version = searchable_version()
     if version is None:
         raise IndexNotBuilt(NO_MODEL_MESSAGE)
     exclude: set[int] = set()
-    if all(isinstance(q, PILImage.Image) for q in query):
+    if all(isinstance(q, (PILImage.Image, bytes)) for q in query):
         codes = codes_for_pictures(version, query)
     else:
         exclude = {int(q) for q in query}

@@ -33,7 +33,6 @@ from annotation.grid import GridSpec, grid_size, image_item, page_links
 from annotation.models import Annotation, Category, Label, Source
 from annotation.views.acquire import list_grid_page, slice_page
 from annotation.views.query import MAX_POSITIVES, ImageInputForm
-from viva.jobs import start_job
 from viva.models import Image, Job
 from viva.roles import Role, RoleRequiredMixin, has_role
 
@@ -155,7 +154,7 @@ class SimilarSearchView(RoleRequiredMixin, TemplateView):
                 self.get_context_data(form=form, problems=problems), status=400
             )
         names = ", ".join(i.name for i in images[:3]) + (" …" if len(images) > 3 else "")
-        pictures = [i.to_pil() for i in images]
+        pictures = [i.content for i in images]  # decoded as the indexed files were
         return self.run_query(pictures, names, data["k"], data["scope"], form=form)
 
     def run_query(self, query: list, description: str, k: int, scope: str, form=None):
@@ -215,32 +214,42 @@ class SimilarIndexView(RoleRequiredMixin, View):
     min_role = Role.TRAINER
 
     def post(self, request: HttpRequest, *args, **kwargs):
-        running = (
-            Job.objects.filter(
-                kind=service.JOB_KIND, status__in=[Job.Status.QUEUED, Job.Status.RUNNING]
-            )
-            .order_by("-pk")
-            .first()
+        version = service.active_version()
+        if version is None:
+            return self._fit_first(request)
+        # New-images jobs may be running: this full run then waits for them (one writer
+        # per index) and indexes whatever is still missing.
+        _job, started = service.start_index_job(
+            {"fit_if_missing": True},
+            user=request.user,
+            title="Index the archive for similarity search",
+            coalesce=Job.ACTIVE,
         )
-        if running is not None and not running.params.get("image_ids"):
+        if not started:
             messages.info(request, "The index is already being built; see its progress below.")
             return redirect("retrieval:similar")
-        version = service.active_version()
-        title = (
-            "Index the archive for similarity search"
-            if version
-            else "Fit hash codes and index the archive"
-        )
-        start_job(service.JOB_KIND, {"fit_if_missing": True}, user=request.user, title=title)
         messages.success(
             request,
-            (
-                f"Indexing started with hashing model v{version.version}."
-                if version
-                else "No hashing model yet: the job fits unsupervised hash codes first, "
-                "then indexes every image."
-            )
-            + " Search works as soon as the first images are indexed.",
+            f"Indexing started with hashing model v{version.version}. Search works as soon "
+            "as the first images are indexed.",
+        )
+        return redirect("retrieval:similar")
+
+    def _fit_first(self, request: HttpRequest):
+        """No hashing model yet: fit unsupervised codes through the "Hash codes" page's
+        own start (one hashing job at a time, device checks, backbone weights); the fit
+        job starts the indexing job when it is done."""
+        from ..hashing.service import HashingRefused, start_fit
+
+        try:
+            start_fit(request.user, {"device": "auto"})
+        except HashingRefused as exc:
+            messages.error(request, str(exc))
+            return redirect("retrieval:similar")
+        messages.success(
+            request,
+            "No hashing model yet: a job fits unsupervised hash codes first, then indexes "
+            "every image. Search works as soon as the first images are indexed.",
         )
         return redirect("retrieval:similar")
 
