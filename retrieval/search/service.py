@@ -149,10 +149,14 @@ def last_index_job() -> Job | None:
 def status(*, ask_backend: bool = False) -> IndexStatus:
     """The index's state from the database; ``ask_backend`` also counts the backend's codes
     (one request to Elasticsearch, or opening the FAISS files) and reports it when down."""
+    from annotation.grid import _counted
+
     from ..models import HashCode
 
+    # Counted on every page that shows the status: cached for a minute when slow (a
+    # full count of millions of rows takes seconds on PostgreSQL), as the grid does.
     version = active_version()
-    n_images = Image.objects.count()
+    n_images, _ = _counted(Image.objects.all(), "viva:similarity:n_images")
     label = backends.backend_label()
     job = last_index_job()
     if version is None:
@@ -168,7 +172,9 @@ def status(*, ask_backend: bool = False) -> IndexStatus:
             "can build the index from the similarity search page."
         )
         return IndexStatus(False, message, version, label, 0, n_images, job=job)
-    n_codes = HashCode.objects.filter(version=used).count()
+    n_codes, _ = _counted(
+        HashCode.objects.filter(version=used), f"viva:similarity:n_codes:{used.pk}"
+    )
     message = (
         f"{n_codes:,} of {n_images:,} images indexed (hashing model v{used.version}, {label})."
     )
