@@ -7,9 +7,6 @@
   const T = window.VIVA && window.VIVA.training;
   const root = document.getElementById('run');
   if (!T || !root) return;
-  const q = (name) => root.querySelector('[data-field="' + name + '"]');
-  const progress = root.querySelector('.run-progress [data-field=progress]');
-  const cancelForm = root.querySelector('[data-action=cancel]');
   const { COLORS } = T;
 
   function points(series, scale) {
@@ -49,24 +46,7 @@
   } : null;
 
   function render(s) {
-    q('status').className = 'status ' + s.status;
-    q('status').textContent = s.status_label;
-    window.VIVA.paintProgress(progress, s);
-    q('eta').textContent = window.VIVA.fmtEta(s.active ? s.eta_seconds : null);
-    q('note').textContent = s.note || '';
-    q('note').hidden = !s.active;
-    q('failed').hidden = s.status !== 'failed';
-    q('error').textContent = s.error || '';
-    q('done').hidden = s.status !== 'succeeded';
-    q('cancelled').hidden = s.status !== 'cancelled';
-    if (s.result && s.result.summary) q('summary').textContent = s.result.summary;
-    if (cancelForm) cancelForm.hidden = !s.active;
-    const log = q('log');
-    if (log && typeof s.log === 'string' && log.textContent !== s.log) {
-      const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      log.textContent = s.log;
-      if (atEnd) log.scrollTop = log.scrollHeight;
-    }
+    T.paintRun(root, s);
     if (charts) {
       const m = s.metrics || {};
       if (charts.loss) {

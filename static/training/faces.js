@@ -8,21 +8,10 @@
 
   function last(series) { return series && series.length ? series[series.length - 1][1] : null; }
 
-  /** Remaining images over the recent images/s (mean of the last 5 chunks): the job's
-      linear ETA is wrong when a resumed job starts with images scanned before. */
-  function eta(s) {
-    const ips = (s.metrics || {})['images/s'] || [];
-    if (!s.active || !s.total || !ips.length) return window.VIVA.fmtEta(s.active ? s.eta_seconds : null);
-    const recent = ips.slice(-5).map((p) => p[1]);
-    const rate = recent.reduce((a, b) => a + b, 0) / recent.length;
-    return rate > 0 ? window.VIVA.fmtEta((s.total - s.progress) / rate) : '';
-  }
-
   function initRun() {
     const root = document.getElementById('run');
     if (!root) return;
     const q = (name) => root.querySelector('[data-field="' + name + '"]');
-    const progress = root.querySelector('.run-progress [data-field=progress]');
     let chart = null;
     if (typeof Chart !== 'undefined') {
       chart = new Chart(document.getElementById('chart-fps'), {
@@ -48,16 +37,7 @@
 
     function render(s) {
       const m = s.metrics || {};
-      q('status').className = 'status ' + s.status;
-      q('status').textContent = s.status_label;
-      window.VIVA.paintProgress(progress, s);
-      q('eta').textContent = eta(s);
-      q('note').textContent = s.note || '';
-      q('note').hidden = !s.active;
-      q('failed').hidden = s.status !== 'failed';
-      q('error').textContent = s.error || '';
-      q('done').hidden = s.status !== 'succeeded';
-      if (s.result && s.result.summary) q('summary').textContent = s.result.summary;
+      T.paintRun(root, s, T.rateEta(s, 'images/s'));
       const parts = [];
       if (s.total) parts.push(s.progress + ' of ' + s.total + ' images');
       const fps = last(m['faces/s']);
@@ -65,14 +45,6 @@
       if (ips != null) parts.push(ips.toFixed(1) + ' images/s');
       if (fps != null) parts.push(fps.toFixed(1) + ' faces/s');
       q('stats').textContent = parts.join(' · ');
-      const cancel = root.querySelector('[data-action=cancel]');
-      if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
-      const log = q('log');
-      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      if (log.textContent !== (s.log || '')) {
-        log.textContent = s.log || '';
-        if (atBottom) log.scrollTop = log.scrollHeight;
-      }
       setSeries('faces/s', 'faces/s', COLORS.blue, m['faces/s']);
       setSeries('images/s', 'images/s', COLORS.orange, m['images/s']);
       if (chart) chart.update('none');

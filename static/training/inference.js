@@ -43,50 +43,22 @@
 
   function last(series) { return series && series.length ? series[series.length - 1][1] : null; }
 
-  /** Remaining keyframes over the recent throughput (mean of the last 5 chunks): better
-      than the job's linear ETA when the run continues chunks another job already did. */
-  function eta(s) {
-    const ips = (s.metrics || {})['images/s'] || [];
-    if (!s.active || !s.total || !ips.length) return window.VIVA.fmtEta(s.active ? s.eta_seconds : null);
-    const recent = ips.slice(-5).map((p) => p[1]);
-    const rate = recent.reduce((a, b) => a + b, 0) / recent.length;
-    return rate > 0 ? window.VIVA.fmtEta((s.total - s.progress) / rate) : '';
-  }
-
   function initRun() {
     const root = document.getElementById('run');
     if (!root || typeof Chart === 'undefined') return;
     const q = (name) => root.querySelector('[data-field="' + name + '"]');
-    const progress = root.querySelector('.run-progress [data-field=progress]');
     const ipsChart = chart(document.getElementById('chart-ips'), {}, 'one point per finished chunk');
     const usage = chart(document.getElementById('chart-usage'), { min: 0, max: 100, ticks: { callback: (v) => v + ' %' } },
       'sampled every 2 s while the run scores');
 
     function render(s) {
       const m = s.metrics || {};
-      q('status').className = 'status ' + s.status;
-      q('status').textContent = s.status_label;
-      window.VIVA.paintProgress(progress, s);
-      q('eta').textContent = eta(s);
-      q('note').textContent = s.note || '';
-      q('note').hidden = !s.active;
-      q('failed').hidden = s.status !== 'failed';
-      q('error').textContent = s.error || '';
-      q('done').hidden = s.status !== 'succeeded';
-      if (s.result && s.result.summary) q('summary').textContent = s.result.summary;
+      T.paintRun(root, s, T.rateEta(s, 'images/s'));
       const parts = [];
       if (s.total) parts.push(s.progress + ' of ' + s.total + ' keyframes');
       const ips = last(m['images/s']);
       if (ips != null) parts.push(ips.toFixed(1) + ' keyframes/s');
       q('stats').textContent = parts.join(' · ');
-      const cancel = root.querySelector('[data-action=cancel]');
-      if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
-      const log = q('log');
-      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      if (log.textContent !== (s.log || '')) {
-        log.textContent = s.log || '';
-        if (atBottom) log.scrollTop = log.scrollHeight;
-      }
       setSeries(ipsChart, 'images/s', 'keyframes/s', COLORS.blue, m['images/s']);
       USAGE.forEach(([key, label, color]) => setSeries(usage, key, label, color, m[key]));
       usage.options.plugins.legend.display = usage.data.datasets.length > 1;

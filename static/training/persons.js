@@ -9,8 +9,6 @@
   function initRun() {
     const root = document.getElementById('run');
     if (!root) return;
-    const q = (name) => root.querySelector('[data-field="' + name + '"]');
-    const progress = root.querySelector('.run-progress [data-field=progress]');
     let chart = null;
     const canvas = document.getElementById('chart-folds');
     if (canvas && typeof Chart !== 'undefined') {
@@ -26,21 +24,7 @@
       });
     }
     function render(s) {
-      const status = q('status');
-      status.className = 'status ' + s.status;
-      status.textContent = s.status_label;
-      if (progress) window.VIVA.paintProgress(progress, s);
-      q('note').textContent = s.note || '';
-      q('note').hidden = !s.active;
-      q('failed').hidden = s.status !== 'failed';
-      q('error').textContent = s.error || '';
-      q('cancelled').hidden = s.status !== 'cancelled';
-      q('done').hidden = s.status !== 'succeeded';
-      if (s.status === 'succeeded' && s.result) q('summary').textContent = s.result.summary || '';
-      const cancel = root.querySelector('[data-action=cancel]');
-      if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
-      const log = q('log');
-      if (log.textContent !== (s.log || '')) { log.textContent = s.log || ''; log.scrollTop = log.scrollHeight; }
+      T.paintRun(root, s);
       if (chart) {
         chart.data.datasets[0].data = ((s.metrics || {})['fold mAP'] || []).map((p) => ({ x: p[0], y: 100 * p[1] }));
         chart.update('none');

@@ -136,34 +136,13 @@
     if (!root || typeof Chart === 'undefined') return;
     const charts = makeCharts();
     const q = (name) => root.querySelector('[data-field="' + name + '"]');
-    const progress = root.querySelector('.run-progress [data-field=progress]');
 
     function render(s) {
-      const status = q('status');
-      status.className = 'status ' + s.status;
-      status.textContent = s.status_label;
-      window.VIVA.paintProgress(progress, s);
-      q('eta').textContent = s.active ? window.VIVA.fmtEta(s.eta_seconds) : '';
-      q('note').textContent = s.note || '';
-      q('note').hidden = !s.active;
-      q('failed').hidden = s.status !== 'failed';
-      q('error').textContent = s.error || '';
-      q('cancelled').hidden = s.status !== 'cancelled';
-      const done = s.status === 'succeeded';
-      q('done').hidden = !done;
-      if (done && s.result) {
-        q('summary').textContent = s.result.summary || '';
-        if (s.result.version != null) q('evaluation-link').href = root.dataset.evaluationUrl + '?version=' + s.result.version;
+      T.paintRun(root, s);
+      if (s.status === 'succeeded' && s.result && s.result.version != null) {
+        q('evaluation-link').href = root.dataset.evaluationUrl + '?version=' + s.result.version;
       }
       q('stats').textContent = statsText(s);
-      const cancel = root.querySelector('[data-action=cancel]');
-      if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
-      const log = q('log');
-      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-      if (log.textContent !== (s.log || '')) {
-        log.textContent = s.log || '';
-        if (atBottom) log.scrollTop = log.scrollHeight;
-      }
       updateCharts(charts, s.metrics);
     }
 

@@ -179,7 +179,49 @@
     tick();
   }
 
+  /** The ETA from the recent throughput (mean of the last 5 points of the metric ``key``,
+      items/s) when there is one: the job's linear ETA is wrong when a resumed job starts
+      with work done before. Falls back to the job's own ETA. */
+  function rateEta(s, key) {
+    const rates = (s.metrics || {})[key] || [];
+    if (!s.active || !s.total || !rates.length) return window.VIVA.fmtEta(s.active ? s.eta_seconds : null);
+    const recent = rates.slice(-5).map((p) => p[1]);
+    const rate = recent.reduce((a, b) => a + b, 0) / recent.length;
+    return rate > 0 ? window.VIVA.fmtEta((s.total - s.progress) / rate) : '';
+  }
+
+  /** What every job card (#run) shows alike: status, progress bar, ETA, note, failure,
+      cancelled/done with the summary, the cancel button and the log (kept scrolled to the
+      end when the reader was there). ``eta`` is the text for the ETA field. */
+  function paintRun(root, s, eta) {
+    const q = (name) => root.querySelector('[data-field="' + name + '"]');
+    const show = (name, visible) => { const el = q(name); if (el) el.hidden = !visible; };
+    const status = q('status');
+    status.className = 'status ' + s.status;
+    status.textContent = s.status_label;
+    const progress = root.querySelector('.run-progress [data-field=progress]');
+    if (progress) window.VIVA.paintProgress(progress, s);
+    if (q('eta')) q('eta').textContent = eta == null ? window.VIVA.fmtEta(s.active ? s.eta_seconds : null) : eta;
+    q('note').textContent = s.note || '';
+    show('note', s.active);
+    show('failed', s.status === 'failed');
+    q('error').textContent = s.error || '';
+    show('cancelled', s.status === 'cancelled');
+    show('done', s.status === 'succeeded');
+    if (s.result && s.result.summary) q('summary').textContent = s.result.summary;
+    const cancel = root.querySelector('[data-action=cancel]');
+    if (cancel) cancel.hidden = !s.active || s.status === 'cancelling';
+    const log = q('log');
+    if (log && log.textContent !== (s.log || '')) {
+      const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+      log.textContent = s.log || '';
+      if (atBottom) log.scrollTop = log.scrollHeight;
+    }
+  }
+
   window.VIVA = Object.assign(window.VIVA || {}, {
-    training: { COLORS, sortableTable, readJson, csrfToken, thresholdLine, emptyText, watchJob },
+    training: {
+      COLORS, sortableTable, readJson, csrfToken, thresholdLine, emptyText, watchJob, paintRun, rateEta,
+    },
   });
 })();
