@@ -86,19 +86,21 @@ def keyframes(collection_ids: Sequence[int] | None = None):
 
 
 def class_map_problem(version: ModelVersion) -> str | None:
-    """Why ``version``'s outputs cannot be stored as predictions, or ``None``."""
+    """Why ``version``'s outputs cannot be stored as predictions, or ``None`` (concept and
+    person models alike: every class must still be a category of the model's kind)."""
+    person = version.kind == ModelVersion.Kind.PERSON
+    kind = Category.Kind.PERSON if person else Category.Kind.CONCEPT
+    what = "persons" if person else "categories"
     if not version.class_map:
-        return f"{version} has no classes."
+        return f"{version} has no {'persons' if person else 'classes'}."
     ids = [int(c["id"]) for c in version.class_map]
-    existing = set(
-        Category.objects.filter(pk__in=ids, kind=Category.Kind.CONCEPT).values_list("pk", flat=True)
-    )
+    existing = set(Category.objects.filter(pk__in=ids, kind=kind).values_list("pk", flat=True))
     missing = [c["name"] for c in version.class_map if int(c["id"]) not in existing]
     if missing:
         names = ", ".join(f"“{n}”" for n in missing[:5]) + (" …" if len(missing) > 5 else "")
         return (
-            f"The categories {names} of {version} no longer exist (deleted since it was "
-            "trained), so its class map does not match the categories any more. Train a "
+            f"The {what} {names} of {version} no longer exist (deleted since it was "
+            f"trained), so its class map does not match the {what} any more. Train a "
             "new version (or activate one that matches) first."
         )
     return None

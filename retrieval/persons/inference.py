@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils import timezone
 
-from annotation.models import Category
 from training.models import ModelVersion
 from training.registry import active_version
 from viva.jobs import start_job
@@ -39,6 +38,7 @@ from ..inference import (
     beat,
     chunks_left,
     claim_chunk,
+    class_map_problem,
     finish_run,
     release_chunk,
     run_progress,
@@ -64,23 +64,6 @@ def archive_faces(version: ModelVersion | None = None):
     if "embedder" in config:
         faces = faces.filter(embedder=config["embedder"] or "")
     return faces
-
-
-def class_map_problem(version: ModelVersion) -> str | None:
-    """Why a person version's classes cannot be stored as predictions, or ``None``."""
-    if not version.class_map:
-        return f"{version} has no persons."
-    ids = [int(c["id"]) for c in version.class_map]
-    existing = set(
-        Category.objects.filter(pk__in=ids, kind=Category.Kind.PERSON).values_list("pk", flat=True)
-    )
-    missing = [c["name"] for c in version.class_map if int(c["id"]) not in existing]
-    if missing:
-        return (
-            f"The persons {', '.join(missing[:5])} of {version} no longer exist; train a new "
-            "person model first."
-        )
-    return None
 
 
 def active_jobs(run: InferenceRun):
