@@ -85,7 +85,15 @@ def read_grid_payload(request: HttpRequest, max_labels: int) -> tuple[dict, list
     return payload, labels
 
 
-def save_batch(labels: list, category_id: int, user, source: str, *, faces: bool) -> JsonResponse:
+def save_batch(
+    labels: list,
+    category_id: int,
+    user,
+    source: str,
+    *,
+    faces: bool,
+    bad_key: str | None = None,
+) -> JsonResponse:
     """Save a checked ``labels`` list (keys = image ids, or face ids when ``faces``) and
     answer with the grid contract: per-key rejections, the labels as saved, and a message
     for the user when the whole batch failed (the page keeps the labels for a retry)."""
@@ -98,9 +106,8 @@ def save_batch(labels: list, category_id: int, user, source: str, *, faces: bool
         try:
             item_id = int(key)
         except ValueError:
-            rejected.append(
-                {"key": key, "error": "Not a face." if faces else "Not an archive image."}
-            )
+            error_text = bad_key or ("Not a face." if faces else "Not an archive image.")
+            rejected.append({"key": key, "error": error_text})
             continue
         try:
             value = parse_value(entry.get("value"))

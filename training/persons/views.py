@@ -7,18 +7,21 @@ on retrieval results needs the annotator role, like every other label.
 
 from __future__ import annotations
 
-import logging
-
 from django.contrib import messages
-from django.db import DatabaseError
-from django.http import Http404, HttpRequest, HttpResponseRedirect, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.views import View
 from django.views.generic import TemplateView
 
-from annotation.labels import MAX_BATCH, LabelError, parse_value, save_face_labels
+from annotation.labels import MAX_BATCH
 from annotation.models import Category, Source
-from annotation.views.label_api import BadPayload, JsonRoleMixin, error, read_grid_payload
+from annotation.views.label_api import (
+    BadPayload,
+    JsonRoleMixin,
+    error,
+    read_grid_payload,
+    save_batch,
+)
 from viva.models import Job
 from viva.roles import Role, RoleRequiredMixin
 
@@ -34,8 +37,6 @@ from .service import (
     start_person_training,
     threshold_curve,
 )
-
-logger = logging.getLogger(__name__)
 
 
 def _rate(value) -> str:
@@ -175,33 +176,11 @@ class PersonFeedbackView(JsonRoleMixin, View):
             return error("No person given; select a person and retry.", 400)
         if not Category.objects.filter(pk=category_id, kind=Category.Kind.PERSON).exists():
             return error("This person no longer exists; the labels were not saved.", 409)
-        rejected, changes, keys = [], [], {}
-        for entry in labels:
-            key = str(entry["key"])
-            if not key.isdigit():
-                rejected.append({"key": key, "error": "No recognised face to label here."})
-                continue
-            try:
-                value = parse_value(entry.get("value"))
-            except LabelError as exc:
-                rejected.append({"key": key, "error": str(exc)})
-                continue
-            changes.append((int(key), value))
-            keys[int(key)] = key
-        try:
-            result = save_face_labels(
-                category_id, changes, user=request.user, source=Source.FEEDBACK
-            )
-        except LabelError as exc:
-            return error(str(exc), 409)
-        except DatabaseError:
-            logger.exception("person feedback failed")
-            return error("The labels could not be saved (database error); please retry.", 503)
-        for item in result.rejected:
-            face_id = item.get("image") or item.get("face")
-            rejected.append({"key": keys.get(face_id, str(face_id)), "error": item["error"]})
-        bad = {r["key"] for r in rejected}
-        data = result.as_dict()
-        data["rejected"] = rejected
-        data["labels"] = {keys[i]: v for i, v in changes if keys[i] not in bad}
-        return JsonResponse(data)
+        return save_batch(
+            labels,
+            category_id,
+            request.user,
+            Source.FEEDBACK,
+            faces=True,
+            bad_key="No recognised face to label here.",
+        )
