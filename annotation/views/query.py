@@ -52,6 +52,16 @@ MAX_URLS = 20
 MAX_POSITIVES = 200
 
 
+def positive_image_ids(category) -> list[int]:
+    """The newest :data:`MAX_POSITIVES` positive images of a category: the query of
+    "more like these" on every page and in the API."""
+    return list(
+        Annotation.objects.filter(category=category, value=Label.POSITIVE, face__isnull=True)
+        .order_by("-updated_at")
+        .values_list("image_id", flat=True)[:MAX_POSITIVES]
+    )
+
+
 class ImageInputForm(forms.Form):
     """Images given by the user: uploaded files and/or pasted URLs (one per line)."""
 
@@ -236,13 +246,7 @@ class SimilarView(RoleRequiredMixin, CategoryRequiredMixin, TemplateView):
             return self.render_to_response(self.get_context_data(form=form), status=400)
         k = form.cleaned_data["k"]
         if form.cleaned_data["mode"] == "positives":
-            ids = list(
-                Annotation.objects.filter(
-                    category=self.category, value=Label.POSITIVE, face__isnull=True
-                )
-                .order_by("-updated_at")
-                .values_list("image_id", flat=True)[:MAX_POSITIVES]
-            )
+            ids = positive_image_ids(self.category)
             if not ids:
                 ctx = self.get_context_data(
                     form=form,

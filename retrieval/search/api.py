@@ -19,8 +19,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation import similarity
-from annotation.models import Annotation, Category, Label
-from annotation.views.query import MAX_POSITIVES, ImageInputForm
+from annotation.models import Category
+from annotation.views.query import MAX_POSITIVES, ImageInputForm, positive_image_ids
 from viva.api import DetailSerializer
 from viva.media import media_url
 from viva.models import Image
@@ -103,13 +103,7 @@ class SimilarView(APIView):
             category = Category.objects.filter(pk=params["category"]).first()
             if category is None:
                 raise ValidationError({"category": ["Unknown category."]})
-            ids = list(
-                Annotation.objects.filter(
-                    category=category, value=Label.POSITIVE, face__isnull=True
-                )
-                .order_by("-updated_at")
-                .values_list("image_id", flat=True)[:MAX_POSITIVES]
-            )
+            ids = positive_image_ids(category)
             if not ids:
                 raise ValidationError({"category": [f"“{category.name}” has no positive images."]})
             return ids

@@ -30,9 +30,9 @@ from django.views.generic import TemplateView
 from annotation import similarity
 from annotation.acquisition import load_results, save_results
 from annotation.grid import GridSpec, grid_size, image_item, page_links
-from annotation.models import Annotation, Category, Label, Source
+from annotation.models import Category, Source
 from annotation.views.acquire import list_grid_page, slice_page
-from annotation.views.query import MAX_POSITIVES, ImageInputForm
+from annotation.views.query import MAX_POSITIVES, ImageInputForm, positive_image_ids
 from viva.models import Image, Job
 from viva.roles import Role, RoleRequiredMixin, has_role
 
@@ -131,13 +131,7 @@ class SimilarSearchView(RoleRequiredMixin, TemplateView):
         data = form.cleaned_data
         if data["mode"] == "positives":
             category = data["category"]
-            ids = list(
-                Annotation.objects.filter(
-                    category=category, value=Label.POSITIVE, face__isnull=True
-                )
-                .order_by("-updated_at")
-                .values_list("image_id", flat=True)[:MAX_POSITIVES]
-            )
+            ids = positive_image_ids(category)
             if not ids:
                 problem = (
                     f"“{category.name}” has no positive images yet; search with an uploaded "
