@@ -241,14 +241,11 @@ def _pending_ids(ids, rescan_before, *, lock: bool = False) -> set[int]:
     """Those of ``ids`` still to scan: never scanned, or (rescan) scanned before
     ``rescan_before``. ``lock``: inside a transaction, lock the rows (another indexing
     job waits until this one has stored its faces, then sees them scanned)."""
-    from django.db.models import Q
-
     from viva.models import Image
 
-    todo = Q(faces_scanned_at__isnull=True)
-    if rescan_before is not None:
-        todo |= Q(faces_scanned_at__lt=rescan_before)
-    rows = Image.objects.filter(todo, pk__in=list(ids))
+    from .jobs import pending
+
+    rows = pending(Image.objects.filter(pk__in=list(ids)), rescan_before)
     if lock:
         rows = rows.select_for_update().order_by("pk")
     return set(rows.values_list("pk", flat=True))
